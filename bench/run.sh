@@ -1,0 +1,502 @@
+#!/usr/bin/env bash
+# Benchmark trace-proxy against a direct upstream and a plain nginx reverse
+# proxy, all on loopback, in one run.
+#
+#   bench/run.sh                                   # all three targets
+#   BENCH_TARGETS="direct nginx" bench/run.sh      # without trace-proxy
+#
+# Environment (all optional):
+#   BENCH_TARGETS       targets to load, in order   (direct nginx trace-proxy)
+#   BENCH_PORT_BASE     trace-proxy port; upstream = +1, nginx = +2   (18080)
+#   BENCH_DATABASE_URL  admin database URL    (postgres://postgres@127.0.0.1:5432/postgres)
+#   BENCH_PATH          request path                              (/webhook/bench)
+#   CONNS               connections of the throughput run         (32)
+#   DURATION            seconds of each measured run              (10)
+#   WARMUP              seconds of the warm-up before each run    (2)
+#   NGINX_WORKERS       nginx worker_processes                    (auto)
+#
+# Everything listens on and is sent to 127.0.0.1 only. The bench database
+# (trace_proxy_bench) is dropped and re-created at the start and left behind
+# for inspection.
+set -euo pipefail
+
+# ---------------------------------------------------------------- settings
+
+BENCH_TARGETS=${BENCH_TARGETS:-direct nginx trace-proxy}
+BENCH_PORT_BASE=${BENCH_PORT_BASE:-18080}
+BENCH_DATABASE_URL=${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+BENCH_PATH=${BENCH_PATH:-/webhook/bench}
+CONNS=${CONNS:-32}
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+NGINX_WORKERS=${NGINX_WORKERS:-auto}
+
+BENCH_DB=trace_proxy_bench
+HOST=127.0.0.1
+PROXY_PORT=$BENCH_PORT_BASE
+UPSTREAM_PORT=$((BENCH_PORT_BASE + 1))
+NGINX_PORT=$((BENCH_PORT_BASE + 2))
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+# Results, keyed "<target>/<mode>" with mode "tput" or "c1".
+declare -A RPS P50 P99 ERRS
+PROXY_REQUESTS_SENT=0
+
+# PIDs of the processes this script started; cleanup kills exactly these.
+UPSTREAM_PID=""
+NGINX_PID=""
+PROXY_PID=""
+TMP=""
+
+# ---------------------------------------------------------------- helpers
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() {
+    printf 'bench: error: %s\n' "$*" >&2
+    exit 1
+}
+
+has_target() { [[ " $BENCH_TARGETS " == *" $1 "* ]]; }
+
+cleanup() {
+    local rc=$?
+    local pid
+    # Only ever the PIDs we recorded ourselves: other nginx or postgres
+    # instances on this machine are none of our business.
+    for pid in $PROXY_PID $NGINX_PID $UPSTREAM_PID; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in $PROXY_PID $NGINX_PID $UPSTREAM_PID; do
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ -n $TMP && -d $TMP ]]; then
+        if ((rc == 0)); then
+            rm -rf "$TMP"
+        else
+            printf 'bench: failed (exit %d); logs kept in %s\n' "$rc" "$TMP" >&2
+        fi
+    fi
+}
+trap cleanup EXIT
+# Turn signals into a normal exit so the EXIT trap does the cleanup.
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Dies unless the variable named $1 holds an integer >= $2.
+int_at_least() {
+    local name=$1 min=$2
+    local value=${!name}
+    if ! [[ $value =~ ^[0-9]+$ ]] || ((value < min)); then
+        die "$name must be an integer >= $min (got '$value')"
+    fi
+}
+
+validate_settings() {
+    local t
+    for t in $BENCH_TARGETS; do
+        case $t in
+        direct | nginx | trace-proxy) ;;
+        *) die "unknown target '$t' in BENCH_TARGETS (known: direct nginx trace-proxy)" ;;
+        esac
+    done
+    int_at_least CONNS 2 # wrk -t2 needs at least 2 connections
+    int_at_least DURATION 1
+    int_at_least WARMUP 1
+    int_at_least BENCH_PORT_BASE 1
+    ((BENCH_PORT_BASE < 65534)) || die "BENCH_PORT_BASE must leave room for two more ports"
+    # The database must be on this machine as well: the proxy writes one row
+    # per request, and none of that traffic may leave loopback.
+    local hostpart=${BENCH_DATABASE_URL#*://}
+    hostpart=${hostpart%%/*}
+    hostpart=${hostpart##*@}
+    case $hostpart in
+    127.* | localhost | localhost:* | "[::1]" | "[::1]:"* | "") ;;
+    *) die "BENCH_DATABASE_URL must point at 127.0.0.1/localhost (got host '$hostpart')" ;;
+    esac
+}
+
+# The proxy's URL is the admin URL with the database name swapped for ours
+# (query parameters, if any, are kept).
+bench_database_url() {
+    local url=$BENCH_DATABASE_URL query=""
+    if [[ $url == *\?* ]]; then
+        query="?${url#*\?}"
+        url=${url%%\?*}
+    fi
+    local scheme=${url%%://*} rest=${url#*://}
+    printf '%s://%s/%s%s\n' "$scheme" "${rest%%/*}" "$BENCH_DB" "$query"
+}
+
+# Poll until something accepts TCP connections on 127.0.0.1:$1, or fail
+# once $3 seconds have passed or the process $2 has died.
+wait_for_port() {
+    local port=$1 pid=$2 timeout=$3 name=$4 logfile=$5
+    local deadline=$((SECONDS + timeout))
+    while ! (exec 3<>"/dev/tcp/$HOST/$port") 2>/dev/null; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail -n 30 "$logfile" >&2 || true
+            die "$name exited before listening on $HOST:$port (log: $logfile)"
+        fi
+        ((SECONDS < deadline)) || die "$name not listening on $HOST:$port after ${timeout}s (log: $logfile)"
+        sleep 0.1
+    done
+    # Something answered; make sure it is our process and not a leftover.
+    kill -0 "$pid" 2>/dev/null || die "$name exited, but $HOST:$port answers: another process holds the port"
+}
+
+# Refuse to start when a port is already taken: wait_for_port would
+# otherwise happily benchmark whatever else is listening there.
+ensure_port_free() {
+    if (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; then
+        die "$HOST:$1 is already in use; set BENCH_PORT_BASE to a free range"
+    fi
+}
+
+# wrk prints latencies as e.g. 512.00us, 1.23ms, 1.02s; return milliseconds.
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+        if (u == "us") n /= 1000; else if (u == "s") n *= 1000;
+        else if (u == "m") n *= 60000; else if (u != "ms") { print "n/a"; exit }
+        printf "%.3f\n", n }'
+}
+
+# ---------------------------------------------------------------- setup
+
+install_tools() {
+    local missing=()
+    command -v wrk >/dev/null || missing+=(wrk)
+    if has_target nginx; then command -v nginx >/dev/null || missing+=(nginx); fi
+    ((${#missing[@]} == 0)) && return
+    ((EUID == 0)) || die "missing ${missing[*]}; run as root or install them (apt-get install wrk nginx)"
+    log "installing ${missing[*]} from Debian"
+    # Remember whether a system nginx was already running, so we only stop
+    # one that the package's postinst started just now.
+    local had_nginx=0
+    [[ -s /run/nginx.pid ]] && kill -0 "$(cat /run/nginx.pid)" 2>/dev/null && had_nginx=1
+    # apt's output (and debconf's chatter) goes to a log shown on failure.
+    local apt_log="$TMP/apt.log"
+    if ! {
+        apt-get update &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+    } >"$apt_log" 2>&1; then
+        tail -n 20 "$apt_log" >&2
+        die "apt-get failed installing ${missing[*]} (log: $apt_log)"
+    fi
+    if ((had_nginx == 0)) && [[ -s /run/nginx.pid ]]; then
+        local pid
+        pid=$(cat /run/nginx.pid)
+        if kill -0 "$pid" 2>/dev/null; then
+            log "stopping the nginx the package auto-started (pid $pid)"
+            kill -QUIT "$pid" 2>/dev/null || true
+        fi
+    fi
+}
+
+find_pg_tool() {
+    local tool=$1 candidate
+    if command -v "$tool" >/dev/null; then
+        command -v "$tool"
+        return
+    fi
+    # Debian keeps pgbench off PATH in some setups; take the newest version.
+    candidate=$(printf '%s\n' /usr/lib/postgresql/*/bin/"$tool" | sort -V | tail -n 1)
+    if [[ -x $candidate ]]; then
+        echo "$candidate"
+        return
+    fi
+    die "$tool not found (install postgresql-client)"
+}
+
+build() {
+    TARGET_DIR=$(cd "$REPO" && cargo metadata --format-version 1 --no-deps |
+        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+    [[ -n $TARGET_DIR ]] || TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+
+    local args=(--example bench_upstream)
+    # Only build the proxy when we are going to load it, so the other
+    # targets can be measured while the proxy does not compile.
+    has_target trace-proxy && args=(--bin trace-proxy "${args[@]}")
+    log "cargo build --release ${args[*]}"
+    (cd "$REPO" && cargo build --release "${args[@]}") && return
+    has_target trace-proxy && die "cargo build failed"
+
+    # Cargo links every example against the crate's library, so a library
+    # that does not compile (work in progress in src/) breaks the upstream's
+    # build although the upstream uses none of it. Without trace-proxy in
+    # the run, an upstream binary built from the current example source
+    # measures exactly the same thing.
+    local bin="$TARGET_DIR/release/examples/bench_upstream"
+    if [[ -x $bin && $bin -nt $REPO/examples/bench_upstream.rs ]]; then
+        log "WARNING: cargo build failed (library in src/ does not compile);"
+        log "WARNING: using the existing $bin, built after the last change to examples/bench_upstream.rs"
+        return
+    fi
+    die "cargo build failed and there is no up-to-date bench_upstream binary to fall back on"
+}
+
+prepare_database() {
+    log "re-creating database $BENCH_DB"
+    "$PSQL" -X -q -v ON_ERROR_STOP=1 "$BENCH_DATABASE_URL" \
+        -c "SET client_min_messages = warning" \
+        -c "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)" \
+        -c "CREATE DATABASE $BENCH_DB" >/dev/null
+    # Table for the one-commit measurement; the proxy creates its own tables.
+    "$PSQL" -X -q -v ON_ERROR_STOP=1 "$PROXY_DB_URL" -c "CREATE TABLE bench_commit(v int)" >/dev/null
+}
+
+start_upstream() {
+    ensure_port_free "$UPSTREAM_PORT"
+    "$TARGET_DIR/release/examples/bench_upstream" "$HOST:$UPSTREAM_PORT" >"$TMP/upstream.log" 2>&1 &
+    UPSTREAM_PID=$!
+    wait_for_port "$UPSTREAM_PORT" "$UPSTREAM_PID" 10 bench_upstream "$TMP/upstream.log"
+}
+
+# Our own nginx with its own config, pid file, logs and temp paths under
+# $TMP, in the foreground (daemon off) so $! is its master process. A system
+# nginx, if any, is left alone.
+start_nginx() {
+    ensure_port_free "$NGINX_PORT"
+    mkdir -p "$TMP/nginx"
+    cat >"$TMP/nginx/nginx.conf" <<EOF
+worker_processes $NGINX_WORKERS;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $TMP/nginx/client_body;
+    proxy_temp_path $TMP/nginx/proxy;
+    fastcgi_temp_path $TMP/nginx/fastcgi;
+    uwsgi_temp_path $TMP/nginx/uwsgi;
+    scgi_temp_path $TMP/nginx/scgi;
+    upstream bench_upstream {
+        server $HOST:$UPSTREAM_PORT;
+        keepalive 64;
+    }
+    server {
+        listen $HOST:$NGINX_PORT;
+        location / {
+            proxy_pass http://bench_upstream;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+    nginx -e "$TMP/nginx/error.log" -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -g 'daemon off;' \
+        >"$TMP/nginx/stdout.log" 2>&1 &
+    NGINX_PID=$!
+    wait_for_port "$NGINX_PORT" "$NGINX_PID" 10 nginx "$TMP/nginx/error.log"
+}
+
+start_proxy() {
+    ensure_port_free "$PROXY_PORT"
+    cat >"$TMP/proxy.toml" <<EOF
+[server]
+listen = "$HOST:$PROXY_PORT"
+
+[database]
+url = "$PROXY_DB_URL"
+
+[[routes]]
+name = "bench"
+path_prefix = "/"
+upstream = "http://$HOST:$UPSTREAM_PORT"
+source_service = "bilko-app"
+destination_service = "n8n"
+EOF
+    RUST_LOG=warn "$TARGET_DIR/release/trace-proxy" serve --config "$TMP/proxy.toml" \
+        >"$TMP/trace-proxy.log" 2>&1 &
+    PROXY_PID=$!
+    # Longer deadline: the proxy runs its migrations before it listens.
+    wait_for_port "$PROXY_PORT" "$PROXY_PID" 30 trace-proxy "$TMP/trace-proxy.log"
+}
+
+write_wrk_script() {
+    cat >"$TMP/post.lua" <<'EOF'
+wrk.method = "POST"
+wrk.body = '{"workflow":"bench","n":1}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-Workflow-Id"] = "bench"
+wrk.headers["X-User-Id"] = "bench-user"
+EOF
+}
+
+# ---------------------------------------------------------------- measuring
+
+target_port() {
+    case $1 in
+    direct) echo "$UPSTREAM_PORT" ;;
+    nginx) echo "$NGINX_PORT" ;;
+    trace-proxy) echo "$PROXY_PORT" ;;
+    esac
+}
+
+# Number of requests wrk completed, from "N requests in 10.00s, ...".
+wrk_requests() { awk '/ requests in / { print $1 }' "$1"; }
+
+# One wrk invocation; the output goes to the file $1.
+run_wrk() {
+    local out=$1 threads=$2 conns=$3 secs=$4 url=$5
+    wrk -t"$threads" -c"$conns" -d"${secs}s" --latency -s "$TMP/post.lua" "$url" >"$out" 2>&1 ||
+        {
+            cat "$out" >&2
+            die "wrk failed against $url"
+        }
+}
+
+# Warm-up plus measured run of one target in one mode; records the results.
+measure() {
+    local target=$1 mode=$2 threads=$3 conns=$4
+    local url
+    url="http://$HOST:$(target_port "$target")$BENCH_PATH"
+    local warm="$TMP/wrk-$target-$mode-warmup.txt" out="$TMP/wrk-$target-$mode.txt"
+
+    log "$target: warm-up ${WARMUP}s, then ${DURATION}s with $conns connection(s)"
+    run_wrk "$warm" "$threads" "$conns" "$WARMUP" "$url"
+    run_wrk "$out" "$threads" "$conns" "$DURATION" "$url"
+
+    local key="$target/$mode"
+    RPS[$key]=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
+    P50[$key]=$(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")")
+    P99[$key]=$(to_ms "$(awk '$1 == "99%" { print $2 }' "$out")")
+    # Failed requests count as throughput in wrk's Requests/sec, so show
+    # them next to it: non-2xx/3xx answers plus socket errors.
+    ERRS[$key]=$(awk '
+        /Non-2xx or 3xx responses:/ { n += $NF }
+        /Socket errors:/ { gsub(/,/, ""); n += $4 + $6 + $8 + $10 }
+        END { print n + 0 }' "$out")
+
+    if [[ $target == trace-proxy ]]; then
+        PROXY_REQUESTS_SENT=$((PROXY_REQUESTS_SENT + $(wrk_requests "$warm") + $(wrk_requests "$out")))
+    fi
+}
+
+# Average latency of a single-row INSERT committed on its own: the floor for
+# a proxy that commits one row per request synchronously.
+measure_commit() {
+    local script="$TMP/commit.sql"
+    echo 'INSERT INTO bench_commit(v) VALUES (1);' >"$script"
+    log "pgbench: one INSERT per transaction, 1 client, 5 s"
+    "$PGBENCH" -n -c1 -T5 -f "$script" "$PROXY_DB_URL" >"$TMP/pgbench.txt" 2>&1 ||
+        {
+            cat "$TMP/pgbench.txt" >&2
+            die "pgbench failed"
+        }
+    COMMIT_MS=$(awk -F' = ' '/^latency average/ { split($2, a, " "); print a[1] }' "$TMP/pgbench.txt")
+}
+
+# Prints the count, or "n/a" when the proxy's table is not there (yet).
+count_rows() {
+    "$PSQL" -X -A -t -q "$PROXY_DB_URL" -c "$1" 2>/dev/null || echo n/a
+}
+
+# The proxy may write its rows asynchronously: wait (up to 10 s) until every
+# request has a final row, or until the counts stop moving for 2 s.
+settle_rows() {
+    local deadline=$((SECONDS + 10)) last="" stable_since=$SECONDS now
+    while :; do
+        ROWS_WRITTEN=$(count_rows "select count(*) from communication_traces")
+        ROWS_FINAL=$(count_rows "select count(*) from communication_traces where overall_status in ('success','failed')")
+        now="$ROWS_WRITTEN/$ROWS_FINAL"
+        [[ $ROWS_FINAL =~ ^[0-9]+$ ]] && ((ROWS_FINAL >= PROXY_REQUESTS_SENT)) && return
+        if [[ $now != "$last" ]]; then
+            last=$now
+            stable_since=$SECONDS
+        elif ((SECONDS - stable_since >= 2)); then
+            return
+        fi
+        ((SECONDS < deadline)) || return
+        sleep 0.5
+    done
+}
+
+# ---------------------------------------------------------------- report
+
+print_table() {
+    local t mode conns key
+    printf '\n%-12s %6s %12s %10s %10s %8s\n' target conns rps "p50 ms" "p99 ms" errors
+    for mode in tput c1; do
+        for t in $BENCH_TARGETS; do
+            key="$t/$mode"
+            conns=1
+            [[ $mode == tput ]] && conns=$CONNS
+            printf '%-12s %6s %12s %10s %10s %8s\n' "$t" "$conns" \
+                "${RPS[$key]:-n/a}" "${P50[$key]:-n/a}" "${P99[$key]:-n/a}" "${ERRS[$key]:-n/a}"
+        done
+    done
+    echo
+}
+
+print_comparisons() {
+    if [[ -n ${RPS[trace-proxy/tput]:-} && -n ${RPS[nginx/tput]:-} ]]; then
+        awk -v p="${RPS[trace-proxy/tput]}" -v n="${RPS[nginx/tput]}" -v c="$CONNS" \
+            'BEGIN { printf "trace-proxy / nginx rps (%s conns): %.3f\n", c, (n > 0 ? p / n : 0) }'
+    else
+        echo "trace-proxy / nginx rps: n/a (needs both targets)"
+    fi
+    if [[ -n ${P50[trace-proxy/c1]:-} && -n ${P50[direct/c1]:-} ]]; then
+        awk -v p="${P50[trace-proxy/c1]}" -v d="${P50[direct/c1]}" \
+            'BEGIN { printf "trace-proxy p50 - direct p50 (1 conn): %+.3f ms\n", p - d }'
+    else
+        echo "trace-proxy p50 - direct p50 (1 conn): n/a (needs both targets)"
+    fi
+    printf 'one commit (pgbench, 1 client, avg): %s ms\n' "$COMMIT_MS"
+}
+
+print_rows() {
+    if ! has_target trace-proxy; then
+        echo "requests sent / rows written: n/a (trace-proxy not in BENCH_TARGETS)"
+        return
+    fi
+    log "waiting up to 10 s for the trace rows to settle"
+    settle_rows
+    printf 'requests sent:  %s   (completed by wrk, warm-ups included; up to %s in flight at each run end are not counted)\n' \
+        "$PROXY_REQUESTS_SENT" "$CONNS"
+    printf 'rows written:   %s\n' "$ROWS_WRITTEN"
+    printf 'rows final:     %s   (overall_status success/failed)\n' "$ROWS_FINAL"
+}
+
+# ---------------------------------------------------------------- main
+
+main() {
+    validate_settings
+    PROXY_DB_URL=$(bench_database_url)
+    COMMIT_MS=n/a
+    TMP=$(mktemp -d /tmp/trace-proxy-bench.XXXXXX)
+    # nginx workers run as an unprivileged user and need to reach their
+    # temp paths below $TMP.
+    chmod 711 "$TMP"
+
+    install_tools
+    PSQL=$(find_pg_tool psql)
+    PGBENCH=$(find_pg_tool pgbench)
+    build
+    prepare_database
+    write_wrk_script
+
+    echo "machine: $(nproc) cores; wrk $(wrk -v 2>&1 | awk 'NR == 1 { print $2 }'); targets: $BENCH_TARGETS"
+    echo "runs: warm-up ${WARMUP}s + ${DURATION}s each; throughput -t2 -c$CONNS, single -t1 -c1; POST $BENCH_PATH"
+    has_target nginx && echo "nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //'), NGINX_WORKERS=$NGINX_WORKERS"
+
+    start_upstream
+    has_target nginx && start_nginx
+    has_target trace-proxy && start_proxy
+
+    # The commit cost is measured while nothing else is loading the machine.
+    measure_commit
+
+    local t
+    for t in $BENCH_TARGETS; do
+        measure "$t" tput 2 "$CONNS"
+        measure "$t" c1 1 1
+    done
+
+    print_table
+    print_comparisons
+    print_rows
+}
+
+main "$@"

@@ -1,0 +1,434 @@
+//! Capped body capture.
+//!
+//! [`TeeBody`] passes every frame through as soon as it arrives, copying at most `cap` bytes
+//! aside, and reports how the body ended exactly once: on the end of stream, on an error, or —
+//! when dropped first (client gone) — as aborted. It does no I/O in `poll`: the report is handed
+//! to an [`OnEnd`] sink that only sends on a channel.
+//!
+//! [`read_prefix`] reads the start of a request body (up to the cap) before the pending row is
+//! written; [`RequestBody`] then forwards that prefix followed by the rest, counting bytes and
+//! enforcing the request size limit as it streams.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The first bytes of a body, capped, with the total seen.
+#[derive(Debug, Default)]
+pub struct Captured {
+    pub bytes: Vec<u8>,
+    pub cap: usize,
+    pub total: u64,
+}
+
+impl Captured {
+    pub fn new(cap: usize) -> Self {
+        Self {
+            bytes: Vec::new(),
+            cap,
+            total: 0,
+        }
+    }
+
+    fn observe(&mut self, data: &[u8]) {
+        self.total += data.len() as u64;
+        let room = self.cap.saturating_sub(self.bytes.len());
+        if room > 0 {
+            self.bytes.extend_from_slice(&data[..room.min(data.len())]);
+        }
+    }
+
+    /// True when the body had more bytes than were kept.
+    pub fn cut(&self) -> bool {
+        self.total > self.bytes.len() as u64
+    }
+}
+
+/// How a streamed body ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyEnd {
+    Complete,
+    /// The upstream failed mid-body (reset, protocol error).
+    Error(String),
+    /// No frame for longer than the idle timeout.
+    IdleTimeout,
+    /// Dropped before its end: the client went away.
+    Aborted,
+}
+
+/// Receives the end of a body, exactly once. Must not block or do I/O.
+pub trait OnEnd: Send + 'static {
+    fn on_end(self, end: BodyEnd, captured: Captured);
+}
+
+pin_project! {
+    /// A pass-through body that keeps a capped copy and reports its end exactly once.
+    pub struct TeeBody<B: Body, E: OnEnd> {
+        #[pin]
+        inner: B,
+        captured: Captured,
+        sink: Option<E>,
+        idle_timeout: Option<Duration>,
+        idle: Option<Pin<Box<Sleep>>>,
+    }
+
+    impl<B: Body, E: OnEnd> PinnedDrop for TeeBody<B, E> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(sink) = this.sink.take() {
+                // Bodies that are already at their end (e.g. empty) were delivered whole.
+                let end = if this.inner.is_end_stream() { BodyEnd::Complete } else { BodyEnd::Aborted };
+                sink.on_end(end, std::mem::take(this.captured));
+            }
+        }
+    }
+}
+
+impl<B: Body, E: OnEnd> TeeBody<B, E> {
+    pub fn new(inner: B, cap: usize, idle_timeout: Option<Duration>, sink: E) -> Self {
+        Self {
+            inner,
+            captured: Captured::new(cap),
+            sink: Some(sink),
+            idle_timeout,
+            idle: idle_timeout.map(|d| Box::pin(tokio::time::sleep(d))),
+        }
+    }
+}
+
+impl<B, E> Body for TeeBody<B, E>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+    E: OnEnd,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        let finish = |sink: &mut Option<E>, captured: &mut Captured, end: BodyEnd| {
+            if let Some(sink) = sink.take() {
+                sink.on_end(end, std::mem::take(captured));
+            }
+        };
+        match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.captured.observe(data);
+                }
+                if let (Some(d), Some(idle)) = (this.idle_timeout, this.idle.as_mut()) {
+                    idle.as_mut().reset(Instant::now() + *d);
+                }
+                if this.inner.is_end_stream() {
+                    finish(this.sink, this.captured, BodyEnd::Complete);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let e: BoxError = e.into();
+                finish(this.sink, this.captured, BodyEnd::Error(error_chain(&*e)));
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                finish(this.sink, this.captured, BodyEnd::Complete);
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if let Some(idle) = this.idle.as_mut() {
+                    if idle.as_mut().poll(cx).is_ready() {
+                        finish(this.sink, this.captured, BodyEnd::IdleTimeout);
+                        return Poll::Ready(Some(Err("upstream body idle timeout".into())));
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// An error and its sources on one line.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        let c = cause.to_string();
+        if !s.contains(&c) {
+            s.push_str(": ");
+            s.push_str(&c);
+        }
+        src = cause.source();
+    }
+    s
+}
+
+/// Shared counters of a forwarded request body, read when the attempt ends.
+#[derive(Debug, Default)]
+pub struct RequestStats {
+    pub bytes: AtomicU64,
+    pub over_limit: AtomicBool,
+}
+
+/// Why reading the start of a request body failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PrefixError {
+    #[error("request body exceeds the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("request body not received within {0:?}")]
+    Timeout(Duration),
+    #[error("request body stream failed: {0}")]
+    Client(String),
+}
+
+/// The start of a request body, read before the pending row is written.
+pub struct Prefix<B> {
+    pub frames: VecDeque<Frame<Bytes>>,
+    pub captured: Captured,
+    /// The rest of the body, `None` when it was read to its end.
+    pub rest: Option<B>,
+}
+
+/// Reads frames until `cap` bytes are held or the body ends. Never holds more than `cap` plus
+/// one frame.
+pub async fn read_prefix<B>(
+    mut body: B,
+    cap: usize,
+    limit: Option<u64>,
+    timeout: Duration,
+) -> (Result<(), PrefixError>, Prefix<B>)
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let mut prefix = Prefix {
+        frames: VecDeque::new(),
+        captured: Captured::new(cap),
+        rest: None,
+    };
+    let deadline = Instant::now() + timeout;
+    let mut ended = body.is_end_stream();
+    while !ended && prefix.captured.total < cap as u64 {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return (Err(PrefixError::Timeout(timeout)), prefix),
+            Ok(None) => ended = true,
+            Ok(Some(Err(e))) => {
+                let e: BoxError = e.into();
+                return (Err(PrefixError::Client(error_chain(&*e))), prefix);
+            }
+            Ok(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    prefix.captured.observe(data);
+                }
+                prefix.frames.push_back(frame);
+                ended = body.is_end_stream();
+            }
+        }
+        if let Some(limit) = limit {
+            if prefix.captured.total > limit {
+                return (Err(PrefixError::TooLarge { limit }), prefix);
+            }
+        }
+    }
+    if !ended {
+        prefix.rest = Some(body);
+    }
+    (Ok(()), prefix)
+}
+
+pin_project! {
+    /// The request body sent upstream: the prefix read for D1, then the rest as it streams.
+    pub struct RequestBody<B> {
+        frames: VecDeque<Frame<Bytes>>,
+        #[pin]
+        rest: Option<B>,
+        limit: Option<u64>,
+        stats: Arc<RequestStats>,
+    }
+}
+
+impl<B: Body> RequestBody<B> {
+    pub fn new(prefix: Prefix<B>, limit: Option<u64>, stats: Arc<RequestStats>) -> Self {
+        stats.bytes.store(prefix.captured.total, Ordering::Relaxed);
+        Self {
+            frames: prefix.frames,
+            rest: prefix.rest,
+            limit,
+            stats,
+        }
+    }
+}
+
+impl<B> Body for RequestBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        if let Some(frame) = this.frames.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        let Some(rest) = this.rest.as_pin_mut() else {
+            return Poll::Ready(None);
+        };
+        match rest.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    let total = this.stats.bytes.fetch_add(n, Ordering::Relaxed) + n;
+                    if this.limit.is_some_and(|l| total > l) {
+                        this.stats.over_limit.store(true, Ordering::Relaxed);
+                        return Poll::Ready(Some(Err("request body exceeds the limit".into())));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_empty() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let buffered: u64 = self
+            .frames
+            .iter()
+            .filter_map(|f| f.data_ref().map(|d| d.len() as u64))
+            .sum();
+        match &self.rest {
+            None => SizeHint::with_exact(buffered),
+            Some(r) => {
+                let h = r.size_hint();
+                let mut out = SizeHint::new();
+                out.set_lower(h.lower() + buffered);
+                if let Some(u) = h.upper() {
+                    out.set_upper(u + buffered);
+                }
+                out
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{Full, StreamBody};
+    use std::sync::Mutex;
+
+    #[derive(Clone, Default)]
+    struct Record(Arc<Mutex<Vec<(BodyEnd, Vec<u8>, u64)>>>);
+    impl OnEnd for Record {
+        fn on_end(self, end: BodyEnd, c: Captured) {
+            if let Ok(mut v) = self.0.lock() {
+                v.push((end, c.bytes, c.total));
+            }
+        }
+    }
+
+    fn chunks(
+        parts: &[&'static str],
+    ) -> StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, BoxError>>>>
+    {
+        let v: Vec<Result<Frame<Bytes>, BoxError>> = parts
+            .iter()
+            .map(|p| Ok(Frame::data(Bytes::from_static(p.as_bytes()))))
+            .collect();
+        StreamBody::new(futures_util::stream::iter(v))
+    }
+
+    #[tokio::test]
+    async fn tee_passes_everything_and_caps_the_copy() {
+        let rec = Record::default();
+        let body = TeeBody::new(chunks(&["hello ", "world"]), 8, None, rec.clone());
+        let out = body.collect().await.expect("ok").to_bytes();
+        assert_eq!(&out[..], b"hello world");
+        let got = rec.0.lock().expect("lock").clone();
+        assert_eq!(got, vec![(BodyEnd::Complete, b"hello wo".to_vec(), 11)]);
+    }
+
+    #[tokio::test]
+    async fn tee_dropped_midway_reports_aborted_once() {
+        let rec = Record::default();
+        let mut body = TeeBody::new(chunks(&["a", "b"]), 8, None, rec.clone());
+        let first = body.frame().await;
+        assert!(first.is_some());
+        drop(body);
+        let got = rec.0.lock().expect("lock").clone();
+        assert_eq!(got, vec![(BodyEnd::Aborted, b"a".to_vec(), 1)]);
+    }
+
+    #[tokio::test]
+    async fn tee_of_empty_body_dropped_unpolled_is_complete() {
+        let rec = Record::default();
+        drop(TeeBody::new(Full::new(Bytes::new()), 8, None, rec.clone()));
+        assert_eq!(rec.0.lock().expect("lock")[0].0, BodyEnd::Complete);
+    }
+
+    #[tokio::test]
+    async fn prefix_then_rest_forwards_all_bytes() {
+        let (res, prefix) = read_prefix(
+            chunks(&["abc", "def", "ghi"]),
+            4,
+            None,
+            Duration::from_secs(1),
+        )
+        .await;
+        assert!(res.is_ok());
+        assert_eq!(prefix.captured.bytes, b"abcd");
+        let stats = Arc::new(RequestStats::default());
+        let body = RequestBody::new(prefix, None, stats.clone());
+        let out = body.collect().await.expect("ok").to_bytes();
+        assert_eq!(&out[..], b"abcdefghi");
+        assert_eq!(stats.bytes.load(Ordering::Relaxed), 9);
+    }
+
+    #[tokio::test]
+    async fn request_body_over_limit_errors_and_flags() {
+        let (res, prefix) = read_prefix(
+            chunks(&["abc", "def", "ghi"]),
+            2,
+            Some(5),
+            Duration::from_secs(1),
+        )
+        .await;
+        assert!(res.is_ok());
+        let stats = Arc::new(RequestStats::default());
+        let body = RequestBody::new(prefix, Some(5), stats.clone());
+        assert!(body.collect().await.is_err());
+        assert!(stats.over_limit.load(Ordering::Relaxed));
+    }
+}

@@ -1,0 +1,702 @@
+//! Configuration: `proxy.toml`, then the `config/<env>.toml` overlay, then environment
+//! overrides; parsed into `RawConfig`, then validated into the typed `Config`, reporting every
+//! problem at once. Secrets (the database password) never appear in `Debug` or printed output.
+
+mod raw;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use http::header::HeaderName;
+use http::Uri;
+pub use raw::RawConfig;
+
+/// Environment variables read by [`Config::load`].
+pub const ENV_NAME: &str = "TRACE_PROXY_ENV";
+pub const ENV_DATABASE_URL: &str = "TRACE_PROXY_DATABASE_URL";
+pub const ENV_DATABASE_URL_FALLBACK: &str = "DATABASE_URL";
+pub const ENV_LISTEN: &str = "TRACE_PROXY_LISTEN";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} configuration problem(s):\n  - {}", .0.len(), .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+/// What to do with a request when its pending row cannot be committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUnavailable {
+    /// Answer 503 and forward nothing.
+    Reject,
+    /// Forward anyway; the request is counted and logged as unrecorded.
+    Forward,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub environment: Option<String>,
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub capture: CaptureConfig,
+    pub upstream: UpstreamConfig,
+    pub correlation: CorrelationConfig,
+    pub log: LogConfig,
+    /// Sorted longest prefix first, so the first match is the longest.
+    pub routes: Vec<Route>,
+    raw: Unprinted,
+}
+
+/// The merged file as read, kept for `check-config`; never printed by `Debug` (it holds the
+/// database URL with its password).
+#[derive(Clone)]
+struct Unprinted(RawConfig);
+
+impl std::fmt::Debug for Unprinted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("..")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub request_body_timeout: Duration,
+    /// `None` = unlimited.
+    pub max_request_body_bytes: Option<u64>,
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// tokio-postgres redacts the password in its `Debug`.
+    pub pg: tokio_postgres::Config,
+    pub on_unavailable: OnUnavailable,
+    pub pool_size: usize,
+    pub pool_wait_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub statement_timeout: Duration,
+    pub insert_timeout: Duration,
+    pub writer_tasks: usize,
+    pub max_batch_rows: usize,
+    pub run_migrations: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct CaptureConfig {
+    pub max_payload_bytes: usize,
+    /// `None` = never mark rows `in_progress`.
+    pub in_progress_after: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsRoots {
+    Webpki,
+    Native,
+    Both,
+    /// Only `ca_file`.
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    /// `None` = no idle limit while a response body streams.
+    pub idle_timeout: Option<Duration>,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+    pub tls_roots: TlsRoots,
+    pub ca_file: Option<PathBuf>,
+    pub preserve_host: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct CorrelationConfig {
+    pub trace_id_header: HeaderName,
+    pub execution_id_header: HeaderName,
+    pub workflow_id_header: HeaderName,
+    pub user_id_header: HeaderName,
+    pub action_header: HeaderName,
+    pub attempt_header: HeaderName,
+    pub n8n_execution_id_header: HeaderName,
+    pub default_user_id: String,
+    pub default_workflow_id: String,
+    pub workflow_path_rules: Vec<PathRule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathRule {
+    pub prefix: String,
+    /// true: the rest of the path after the prefix; false: the next segment only.
+    pub take_rest: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub level: String,
+    pub json: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    pub path_prefix: String,
+    /// Scheme and authority of the upstream.
+    pub upstream_scheme: http::uri::Scheme,
+    pub upstream_authority: http::uri::Authority,
+    /// Path the upstream is mounted under, without a trailing slash ("" for the root).
+    pub upstream_base_path: String,
+    pub source_service: String,
+    pub destination_service: String,
+    pub action: Option<String>,
+    pub require_user_id: bool,
+    pub strip_prefix: bool,
+}
+
+impl Config {
+    /// Reads `path`, the overlay for `env_name` (or `TRACE_PROXY_ENV`), and the environment.
+    pub fn load(path: &Path, env_name: Option<&str>) -> Result<Config, ConfigError> {
+        Self::load_with(path, env_name, &|k| std::env::var(k).ok())
+    }
+
+    /// [`Config::load`] with an explicit environment lookup, so tests stay hermetic.
+    pub fn load_with(
+        path: &Path,
+        env_name: Option<&str>,
+        var: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let mut doc = read_toml(path, &mut problems)?;
+        let env_name = env_name
+            .map(str::to_owned)
+            .or_else(|| var(ENV_NAME).filter(|s| !s.is_empty()));
+        if let Some(env) = &env_name {
+            if env.is_empty()
+                || !env
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                problems.push(format!(
+                    "environment name {env:?} must be letters, digits, '-' or '_'"
+                ));
+            } else {
+                let dir = path.parent().unwrap_or_else(|| Path::new("."));
+                let overlay_path = dir.join("config").join(format!("{env}.toml"));
+                let overlay = read_toml(&overlay_path, &mut problems)?;
+                merge(&mut doc, overlay);
+            }
+        }
+        let mut raw = parse_raw(doc, &mut problems);
+        if let Some(url) = var(ENV_DATABASE_URL)
+            .filter(|s| !s.is_empty())
+            .or_else(|| var(ENV_DATABASE_URL_FALLBACK).filter(|s| !s.is_empty()))
+        {
+            raw.database.url = url;
+        }
+        if let Some(listen) = var(ENV_LISTEN).filter(|s| !s.is_empty()) {
+            raw.server.listen = listen;
+        }
+        validate(raw, env_name, problems)
+    }
+
+    /// Parses one TOML document with no overlay and no environment (tests, embedding).
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let doc = match text.parse::<toml::Table>() {
+            Ok(t) => t,
+            Err(e) => return Err(ConfigError::Invalid(vec![format!("TOML syntax: {e}")])),
+        };
+        let raw = parse_raw(doc, &mut problems);
+        validate(raw, None, problems)
+    }
+
+    /// The effective configuration as TOML, with the database password redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut raw = self.raw.0.clone();
+        raw.database.url = redact_url(&raw.database.url);
+        toml::to_string_pretty(&raw).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+
+    /// The route for a request path: the longest matching prefix.
+    pub fn route_for(&self, path: &str) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|r| path.starts_with(&r.path_prefix))
+    }
+}
+
+fn read_toml(path: &Path, problems: &mut Vec<String>) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    match text.parse::<toml::Table>() {
+        Ok(t) => Ok(t),
+        Err(e) => {
+            problems.push(format!("{}: TOML syntax: {e}", path.display()));
+            Ok(toml::Table::new())
+        }
+    }
+}
+
+/// Overlay tables merge key by key; any other value (arrays included) replaces.
+fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(key, v);
+            }
+        }
+    }
+}
+
+fn parse_raw(doc: toml::Table, problems: &mut Vec<String>) -> RawConfig {
+    let mut unknown = Vec::new();
+    let result: Result<RawConfig, _> =
+        serde_ignored::deserialize(toml::Value::Table(doc), |path| {
+            unknown.push(path.to_string())
+        });
+    for key in unknown {
+        problems.push(format!("unknown key `{key}`"));
+    }
+    match result {
+        Ok(raw) => raw,
+        Err(e) => {
+            problems.push(format!("{e}"));
+            RawConfig::default()
+        }
+    }
+}
+
+fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("REDACTED"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<unparseable url>".into(),
+    }
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+fn validate(
+    raw: RawConfig,
+    environment: Option<String>,
+    mut problems: Vec<String>,
+) -> Result<Config, ConfigError> {
+    let p = &mut problems;
+    let mut positive = |name: &str, v: u64| {
+        if v == 0 {
+            p.push(format!("`{name}` must be greater than 0"));
+        }
+    };
+    let s = &raw.server;
+    positive("server.max_connections", s.max_connections as u64);
+    positive("server.header_read_timeout_ms", s.header_read_timeout_ms);
+    positive("server.request_body_timeout_ms", s.request_body_timeout_ms);
+    let d = &raw.database;
+    positive("database.pool_size", d.pool_size as u64);
+    positive("database.pool_wait_timeout_ms", d.pool_wait_timeout_ms);
+    positive("database.connect_timeout_ms", d.connect_timeout_ms);
+    positive("database.statement_timeout_ms", d.statement_timeout_ms);
+    positive("database.insert_timeout_ms", d.insert_timeout_ms);
+    positive("database.writer_tasks", d.writer_tasks as u64);
+    positive("database.max_batch_rows", d.max_batch_rows as u64);
+    positive(
+        "capture.max_payload_bytes",
+        raw.capture.max_payload_bytes as u64,
+    );
+    let u = &raw.upstream;
+    positive("upstream.connect_timeout_ms", u.connect_timeout_ms);
+    positive("upstream.response_timeout_ms", u.response_timeout_ms);
+
+    let listen = SocketAddr::from_str(&s.listen)
+        .map_err(|e| problems.push(format!("`server.listen` {:?}: {e}", s.listen)))
+        .ok();
+    if d.writer_tasks > d.pool_size {
+        problems.push(format!(
+            "`database.writer_tasks` ({}) must not exceed `database.pool_size` ({})",
+            d.writer_tasks, d.pool_size
+        ));
+    }
+    let pg = tokio_postgres::Config::from_str(&d.url)
+        .map_err(|e| problems.push(format!("`database.url` {}: {e}", redact_url(&d.url))))
+        .ok();
+    let on_unavailable = match d.on_unavailable.as_str() {
+        "reject" => Some(OnUnavailable::Reject),
+        "forward" => Some(OnUnavailable::Forward),
+        other => {
+            problems.push(format!(
+                "`database.on_unavailable` {other:?}: expected \"reject\" or \"forward\""
+            ));
+            None
+        }
+    };
+    let tls_roots = match u.tls_roots.as_str() {
+        "webpki" => Some(TlsRoots::Webpki),
+        "native" => Some(TlsRoots::Native),
+        "both" => Some(TlsRoots::Both),
+        "none" => Some(TlsRoots::None),
+        other => {
+            problems.push(format!(
+                "`upstream.tls_roots` {other:?}: expected \"webpki\", \"native\", \"both\" or \"none\""
+            ));
+            None
+        }
+    };
+    let ca_file = (!u.ca_file.is_empty()).then(|| PathBuf::from(&u.ca_file));
+    if let Some(f) = &ca_file {
+        if !f.is_file() {
+            problems.push(format!("`upstream.ca_file` {}: no such file", f.display()));
+        }
+    }
+    if tls_roots == Some(TlsRoots::None) && ca_file.is_none() {
+        problems.push("`upstream.tls_roots = \"none\"` needs `upstream.ca_file`".into());
+    }
+    let json = match raw.log.format.as_str() {
+        "text" => false,
+        "json" => true,
+        other => {
+            problems.push(format!(
+                "`log.format` {other:?}: expected \"text\" or \"json\""
+            ));
+            false
+        }
+    };
+    if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
+        problems.push(format!(
+            "`log.level` {:?} is not a valid filter",
+            raw.log.level
+        ));
+    }
+
+    let c = &raw.correlation;
+    let mut header = |key: &str, v: &str| match HeaderName::from_str(v) {
+        Ok(h) => Some(h),
+        Err(_) => {
+            problems.push(format!(
+                "`correlation.{key}` {v:?} is not a valid header name"
+            ));
+            None
+        }
+    };
+    let trace_id_header = header("trace_id_header", &c.trace_id_header);
+    let execution_id_header = header("execution_id_header", &c.execution_id_header);
+    let workflow_id_header = header("workflow_id_header", &c.workflow_id_header);
+    let user_id_header = header("user_id_header", &c.user_id_header);
+    let action_header = header("action_header", &c.action_header);
+    let attempt_header = header("attempt_header", &c.attempt_header);
+    let n8n_execution_id_header = header("n8n_execution_id_header", &c.n8n_execution_id_header);
+    for (key, v) in [
+        ("default_user_id", &c.default_user_id),
+        ("default_workflow_id", &c.default_workflow_id),
+    ] {
+        if v.is_empty() {
+            problems.push(format!("`correlation.{key}` must not be empty"));
+        }
+    }
+    let mut rules = Vec::new();
+    for (i, r) in c.workflow_path_rules.iter().enumerate() {
+        if !r.prefix.starts_with('/') || !r.prefix.ends_with('/') {
+            problems.push(format!(
+                "`correlation.workflow_path_rules[{i}].prefix` {:?} must start and end with '/'",
+                r.prefix
+            ));
+        }
+        let take_rest = match r.take.as_str() {
+            "rest" => true,
+            "segment" => false,
+            other => {
+                problems.push(format!(
+                    "`correlation.workflow_path_rules[{i}].take` {other:?}: expected \"segment\" or \"rest\""
+                ));
+                false
+            }
+        };
+        rules.push(PathRule {
+            prefix: r.prefix.clone(),
+            take_rest,
+        });
+    }
+
+    let routes = validate_routes(&raw, &mut problems);
+
+    if !problems.is_empty() {
+        return Err(ConfigError::Invalid(problems));
+    }
+    // Every `None` above pushed a problem, so these are all present here.
+    let missing = || ConfigError::Invalid(vec!["internal: a validated value is missing".into()]);
+    let s = &raw.server;
+    let d = &raw.database;
+    let u = &raw.upstream;
+    let c = &raw.correlation;
+    Ok(Config {
+        environment,
+        server: ServerConfig {
+            listen: listen.ok_or_else(missing)?,
+            max_connections: s.max_connections,
+            header_read_timeout: ms(s.header_read_timeout_ms),
+            request_body_timeout: ms(s.request_body_timeout_ms),
+            max_request_body_bytes: (s.max_request_body_bytes > 0)
+                .then_some(s.max_request_body_bytes),
+            shutdown_timeout: ms(s.shutdown_timeout_ms),
+        },
+        database: DatabaseConfig {
+            pg: pg.ok_or_else(missing)?,
+            on_unavailable: on_unavailable.ok_or_else(missing)?,
+            pool_size: d.pool_size,
+            pool_wait_timeout: ms(d.pool_wait_timeout_ms),
+            connect_timeout: ms(d.connect_timeout_ms),
+            statement_timeout: ms(d.statement_timeout_ms),
+            insert_timeout: ms(d.insert_timeout_ms),
+            writer_tasks: d.writer_tasks,
+            max_batch_rows: d.max_batch_rows,
+            run_migrations: d.run_migrations,
+        },
+        capture: CaptureConfig {
+            max_payload_bytes: raw.capture.max_payload_bytes,
+            in_progress_after: (raw.capture.in_progress_after_ms > 0)
+                .then(|| ms(raw.capture.in_progress_after_ms)),
+        },
+        upstream: UpstreamConfig {
+            connect_timeout: ms(u.connect_timeout_ms),
+            response_timeout: ms(u.response_timeout_ms),
+            idle_timeout: (u.idle_timeout_ms > 0).then(|| ms(u.idle_timeout_ms)),
+            pool_idle_timeout: ms(u.pool_idle_timeout_ms),
+            pool_max_idle_per_host: u.pool_max_idle_per_host,
+            tls_roots: tls_roots.ok_or_else(missing)?,
+            ca_file,
+            preserve_host: u.preserve_host,
+        },
+        correlation: CorrelationConfig {
+            trace_id_header: trace_id_header.ok_or_else(missing)?,
+            execution_id_header: execution_id_header.ok_or_else(missing)?,
+            workflow_id_header: workflow_id_header.ok_or_else(missing)?,
+            user_id_header: user_id_header.ok_or_else(missing)?,
+            action_header: action_header.ok_or_else(missing)?,
+            attempt_header: attempt_header.ok_or_else(missing)?,
+            n8n_execution_id_header: n8n_execution_id_header.ok_or_else(missing)?,
+            default_user_id: c.default_user_id.clone(),
+            default_workflow_id: c.default_workflow_id.clone(),
+            workflow_path_rules: rules,
+        },
+        log: LogConfig {
+            level: raw.log.level.clone(),
+            json,
+        },
+        routes,
+        raw: Unprinted(raw),
+    })
+}
+
+fn validate_routes(raw: &RawConfig, problems: &mut Vec<String>) -> Vec<Route> {
+    if raw.routes.is_empty() {
+        problems.push("at least one `[[routes]]` entry is required".into());
+    }
+    let mut routes: Vec<Route> = Vec::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        let at = format!("routes[{i}] ({:?})", r.name);
+        if r.name.is_empty() {
+            problems.push(format!("{at}: `name` must not be empty"));
+        }
+        if raw.routes[..i].iter().any(|o| o.name == r.name) {
+            problems.push(format!("{at}: duplicate route name"));
+        }
+        if !r.path_prefix.starts_with('/') {
+            problems.push(format!(
+                "{at}: `path_prefix` {:?} must start with '/'",
+                r.path_prefix
+            ));
+        }
+        if raw.routes[..i]
+            .iter()
+            .any(|o| o.path_prefix == r.path_prefix)
+        {
+            problems.push(format!("{at}: duplicate `path_prefix` {:?}", r.path_prefix));
+        }
+        for (key, v) in [
+            ("source_service", &r.source_service),
+            ("destination_service", &r.destination_service),
+        ] {
+            if v.is_empty() {
+                problems.push(format!("{at}: `{key}` must not be empty"));
+            }
+        }
+        let uri = match Uri::from_str(&r.upstream) {
+            Ok(u) => u,
+            Err(e) => {
+                problems.push(format!("{at}: `upstream` {:?}: {e}", r.upstream));
+                continue;
+            }
+        };
+        let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned())
+        else {
+            problems.push(format!(
+                "{at}: `upstream` {:?} must be an absolute http:// or https:// URL",
+                r.upstream
+            ));
+            continue;
+        };
+        if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
+            problems.push(format!(
+                "{at}: `upstream` scheme {scheme} is not http or https"
+            ));
+            continue;
+        }
+        if uri.query().is_some() || authority.as_str().contains('@') {
+            problems.push(format!(
+                "{at}: `upstream` {:?} must not carry a query or user info",
+                r.upstream
+            ));
+            continue;
+        }
+        routes.push(Route {
+            name: r.name.clone(),
+            path_prefix: r.path_prefix.clone(),
+            upstream_scheme: scheme,
+            upstream_authority: authority,
+            upstream_base_path: uri.path().trim_end_matches('/').to_owned(),
+            source_service: r.source_service.clone(),
+            destination_service: r.destination_service.clone(),
+            action: r.action.clone().filter(|a| !a.is_empty()),
+            require_user_id: r.require_user_id,
+            strip_prefix: r.strip_prefix,
+        });
+    }
+    routes.sort_by(|a, b| b.path_prefix.len().cmp(&a.path_prefix.len()));
+    routes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [[routes]]
+        name = "n8n"
+        upstream = "http://127.0.0.1:5678"
+        source_service = "bilko-app"
+        destination_service = "n8n"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = Config::from_toml_str(MINIMAL).expect("valid");
+        assert_eq!(c.server.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.database.on_unavailable, OnUnavailable::Reject);
+        assert_eq!(c.capture.max_payload_bytes, 65_536);
+        assert_eq!(c.routes[0].path_prefix, "/");
+        assert_eq!(c.correlation.default_user_id, "anonymous");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = r#"
+            bogus = 1
+            [server]
+            listen = "not an address"
+            [database]
+            on_unavailable = "maybe"
+            pool_size = 0
+            [capture]
+            max_payload_bytes = 0
+            [correlation]
+            user_id_header = "bad header"
+            [[routes]]
+            name = "a"
+            upstream = "ftp://x"
+            source_service = ""
+            destination_service = "n8n"
+        "#;
+        let Err(ConfigError::Invalid(problems)) = Config::from_toml_str(text) else {
+            panic!("expected invalid config");
+        };
+        let all = problems.join("\n");
+        for needle in [
+            "unknown key `bogus`",
+            "server.listen",
+            "on_unavailable",
+            "database.pool_size",
+            "capture.max_payload_bytes",
+            "user_id_header",
+            "scheme ftp",
+            "source_service",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn longest_prefix_wins() {
+        let text = format!(
+            "{MINIMAL}\n[[routes]]\nname = \"cb\"\npath_prefix = \"/callbacks/\"\nupstream = \"http://127.0.0.1:5000/api\"\nsource_service = \"n8n\"\ndestination_service = \"bilko-app\"\n"
+        );
+        let c = Config::from_toml_str(&text).expect("valid");
+        assert_eq!(
+            c.route_for("/callbacks/x").map(|r| r.name.as_str()),
+            Some("cb")
+        );
+        assert_eq!(
+            c.route_for("/webhook/x").map(|r| r.name.as_str()),
+            Some("n8n")
+        );
+        assert_eq!(
+            c.route_for("/callbacks/x")
+                .map(|r| r.upstream_base_path.as_str()),
+            Some("/api")
+        );
+    }
+
+    #[test]
+    fn overlay_then_environment_overrides() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("config")).expect("mkdir");
+        let main = dir.path().join("proxy.toml");
+        std::fs::write(
+            &main,
+            format!("[server]\nlisten = \"127.0.0.1:1\"\n{MINIMAL}"),
+        )
+        .expect("write");
+        std::fs::write(
+            dir.path().join("config/test.toml"),
+            "[server]\nlisten = \"127.0.0.1:2\"\n[capture]\nmax_payload_bytes = 10\n",
+        )
+        .expect("write");
+        let vars = |k: &str| match k {
+            "TRACE_PROXY_ENV" => Some("test".to_owned()),
+            "DATABASE_URL" => Some("postgres://u:hunter2@db:5432/x".to_owned()),
+            _ => None,
+        };
+        let c = Config::load_with(&main, None, &vars).expect("valid");
+        assert_eq!(c.environment.as_deref(), Some("test"));
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:2");
+        assert_eq!(c.capture.max_payload_bytes, 10);
+        assert_eq!(c.database.pg.get_dbname(), Some("x"));
+        let printed = c.to_redacted_toml();
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let vars2 = |k: &str| match k {
+            "TRACE_PROXY_LISTEN" => Some("127.0.0.1:3".to_owned()),
+            "TRACE_PROXY_DATABASE_URL" => Some("postgres://a@h/primary".to_owned()),
+            "DATABASE_URL" => Some("postgres://a@h/fallback".to_owned()),
+            _ => None,
+        };
+        let c = Config::load_with(&main, Some("test"), &vars2).expect("valid");
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:3");
+        assert_eq!(c.database.pg.get_dbname(), Some("primary"));
+    }
+}

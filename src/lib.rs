@@ -1,0 +1,106 @@
+//! trace-proxy: a transparent logging reverse proxy between bilko-app and n8n that records every
+//! attempt in PostgreSQL table `communication_traces` (DATA-002).
+//!
+//! [`run`] is the whole service: given a bound listener, a configuration and a shutdown signal,
+//! it migrates the schema, starts the store writer and serves until shutdown.
+
+pub mod capture;
+pub mod config;
+pub mod metrics;
+pub mod proxy;
+pub mod sanitize;
+pub mod server;
+pub mod store;
+pub mod trace;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+pub use config::Config;
+use metrics::Metrics;
+use store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Client(#[from] proxy::forward::ClientSetupError),
+}
+
+/// Runs the proxy on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    config: Arc<Config>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    run_with_metrics(listener, config, Arc::new(Metrics::default()), shutdown).await
+}
+
+/// [`run`] with caller-owned metrics (tests read them).
+pub async fn run_with_metrics(
+    listener: TcpListener,
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let pool = store::pool(&config.database)?;
+    if config.database.run_migrations {
+        // Migrate before serving when the database is there; otherwise keep trying in the
+        // background while requests follow the `on_unavailable` policy.
+        match migrate_pool(&pool).await {
+            Ok(applied) if !applied.is_empty() => tracing::info!(?applied, "migrations applied"),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "migrations not applied yet; retrying in the background");
+                tokio::spawn(migrate_until_done(pool.clone()));
+            }
+        }
+    }
+    let (store, writer) = Store::start(pool, &config.database, metrics.clone());
+    let client = proxy::forward::build_client(&config.upstream)?;
+    let app = Arc::new(proxy::App {
+        config: config.clone(),
+        store,
+        client,
+        metrics,
+    });
+    tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        routes = config.routes.len(), "trace-proxy serving");
+    server::serve(listener, app, shutdown).await;
+    // The writer stops once the last request's finish is queued and written.
+    if !writer.drain(config.server.shutdown_timeout).await {
+        tracing::warn!("shutdown deadline passed before every row was written");
+    }
+    Ok(())
+}
+
+/// Applies migrations; while the database is unreachable, retries in the background so the
+/// proxy still serves under its `on_unavailable` policy.
+async fn migrate_until_done(pool: deadpool_postgres::Pool) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match migrate_pool(&pool).await {
+            Ok(applied) => {
+                if !applied.is_empty() {
+                    tracing::info!(?applied, "migrations applied");
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "migrations not applied yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Applies pending migrations over a pooled connection; returns the versions applied.
+pub async fn migrate_pool(pool: &deadpool_postgres::Pool) -> Result<Vec<i32>, StoreError> {
+    let mut client = pool.get().await?;
+    store::migrate(&mut client).await
+}

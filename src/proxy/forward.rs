@@ -1,0 +1,265 @@
+//! The upstream side: the pooled HTTP/HTTPS client, the request sent upstream, hop-by-hop
+//! header handling and the classification of client errors.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Uri, Version};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::correlate::Correlation;
+use super::error::ProxyError;
+use crate::capture::{error_chain, RequestBody};
+use crate::config::{CorrelationConfig, Route, TlsRoots, UpstreamConfig};
+
+pub type UpstreamBody = RequestBody<hyper::body::Incoming>;
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientSetupError {
+    #[error("cannot read upstream.ca_file {path}: {reason}")]
+    CaFile { path: String, reason: String },
+    #[error("TLS roots: {0}")]
+    Roots(String),
+}
+
+/// The pooled upstream client: HTTP/1.1 and, over TLS when ALPN agrees, HTTP/2.
+pub fn build_client(cfg: &UpstreamConfig) -> Result<UpstreamClient, ClientSetupError> {
+    let mut roots = rustls::RootCertStore::empty();
+    if matches!(cfg.tls_roots, TlsRoots::Webpki | TlsRoots::Both) {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    if matches!(cfg.tls_roots, TlsRoots::Native | TlsRoots::Both) {
+        let native = rustls_native_certs::load_native_certs();
+        if native.certs.is_empty() {
+            return Err(ClientSetupError::Roots(format!(
+                "no native root certificates found ({} errors)",
+                native.errors.len()
+            )));
+        }
+        for cert in native.certs {
+            // Unparseable platform certificates are skipped, as browsers do.
+            let _ = roots.add(cert);
+        }
+    }
+    if let Some(path) = &cfg.ca_file {
+        let err = |reason: String| ClientSetupError::CaFile {
+            path: path.display().to_string(),
+            reason,
+        };
+        let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        let mut added = 0;
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let cert = cert.map_err(|e| err(e.to_string()))?;
+            roots.add(cert).map_err(|e| err(e.to_string()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(err("no PEM certificates in file".into()));
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientSetupError::Roots(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(cfg.connect_timeout));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(cfg.pool_idle_timeout)
+        .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
+        .build(connector))
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1): never forwarded in either direction.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers, including every header the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_str(name.trim()).ok())
+        .collect();
+    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// The original host: the single `Host` header, else the request URI's authority (HTTP/2).
+pub fn original_host(parts: &http::request::Parts) -> Result<Option<HeaderValue>, ProxyError> {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let first = hosts.next().cloned();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("more than one Host header"));
+    }
+    match (first, parts.version) {
+        (Some(h), _) => Ok(Some(h)),
+        (None, Version::HTTP_2) | (None, Version::HTTP_3) => Ok(parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())),
+        (None, Version::HTTP_10) => Ok(None),
+        (None, _) => Err(ProxyError::BadRequest("missing Host header")),
+    }
+}
+
+/// Builds the request sent upstream from the client's request parts.
+pub fn upstream_request(
+    mut parts: http::request::Parts,
+    body: UpstreamBody,
+    route: &Route,
+    corr: &Correlation,
+    ccfg: &CorrelationConfig,
+    ucfg: &UpstreamConfig,
+    host: Option<HeaderValue>,
+    peer: SocketAddr,
+) -> Result<Request<UpstreamBody>, ProxyError> {
+    let path = parts.uri.path();
+    let rest = if route.strip_prefix {
+        let r = &path[route.path_prefix.len().min(path.len())..];
+        if r.starts_with('/') {
+            r.to_owned()
+        } else {
+            format!("/{r}")
+        }
+    } else {
+        path.to_owned()
+    };
+    let mut target = format!("{}{}", route.upstream_base_path, rest);
+    if let Some(q) = parts.uri.query() {
+        target.push('?');
+        target.push_str(q);
+    }
+    let uri = Uri::builder()
+        .scheme(route.upstream_scheme.clone())
+        .authority(route.upstream_authority.clone())
+        .path_and_query(target)
+        .build()
+        .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
+
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers);
+    headers.remove(header::HOST);
+    if ucfg.preserve_host {
+        if let Some(h) = &host {
+            headers.insert(header::HOST, h.clone());
+        }
+    }
+    // X-Forwarded-For: append this hop's client address to any existing chain.
+    let peer_ip = peer.ip().to_string();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {peer_ip}"),
+        _ => peer_ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    if let Some(h) = host {
+        headers.entry("x-forwarded-host").or_insert(h);
+    }
+    headers
+        .entry("x-forwarded-proto")
+        .or_insert(HeaderValue::from_static("http"));
+    if let Ok(v) = HeaderValue::from_str(&corr.trace_id) {
+        headers.insert(ccfg.trace_id_header.clone(), v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&corr.traceparent) {
+        headers.insert("traceparent", v);
+    }
+    parts.uri = uri;
+    // The client picks HTTP/2 itself when ALPN negotiates it.
+    parts.version = Version::HTTP_11;
+    Ok(Request::from_parts(parts, body))
+}
+
+/// Classifies a failed upstream exchange (no response headers received).
+pub fn classify(
+    err: &hyper_util::client::legacy::Error,
+    body_over_limit: Option<u64>,
+) -> ProxyError {
+    if let Some(limit) = body_over_limit {
+        return ProxyError::BodyTooLarge(limit);
+    }
+    let detail = error_chain(err);
+    if is_tls(err) {
+        ProxyError::UpstreamTls(detail)
+    } else if err.is_connect() {
+        ProxyError::UpstreamConnect(detail)
+    } else {
+        ProxyError::UpstreamAborted(detail)
+    }
+}
+
+fn is_tls(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if e.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        // io::Error's `source()` skips the error it wraps; look inside explicitly.
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+            {
+                return true;
+            }
+        }
+        cur = e.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_standard_and_connection_listed_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Custom-Hop"),
+        );
+        h.insert("x-custom-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-end-to-end", HeaderValue::from_static("kept"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-end-to-end"));
+    }
+}

@@ -1,0 +1,550 @@
+//! The request lifecycle (DESIGN.md §1). [`handle`] reads top to bottom as the list:
+//! route → correlate → capture request → record start (D1) → forward → respond → finish (D2).
+//! No SQL here: rows go through [`Store`]; no HTTP status decisions outside [`error`].
+
+pub mod correlate;
+pub mod error;
+pub mod forward;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::capture::{
+    read_prefix, BodyEnd, Captured, OnEnd, Prefix, PrefixError, RequestBody, RequestStats, TeeBody,
+};
+use crate::config::{Config, OnUnavailable};
+use crate::metrics::Metrics;
+use crate::sanitize::{payload_for_storage, redact_target, BodySample};
+use crate::store::{PendingInsert, Store};
+use crate::trace::{now_utc, AttemptFinish, AttemptStart, Status};
+use correlate::{correlate, Correlation};
+use error::ProxyError;
+use forward::UpstreamClient;
+
+/// The response body: the upstream's, streamed through the capture; or a short local answer.
+pub type ProxyBody = Either<TeeBody<Incoming, FinishSink>, Full<Bytes>>;
+
+/// Everything a request needs, shared by all connections.
+pub struct App {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub client: UpstreamClient,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Serves one request. Never fails: every problem becomes a response (and a row, once routed).
+pub async fn handle(
+    app: Arc<App>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<ProxyBody> {
+    let arrived = Instant::now();
+    let requested_at = now_utc();
+    let cfg = app.config.clone();
+
+    // 2. route
+    let Some(route) = cfg.route_for(req.uri().path()) else {
+        tracing::debug!(path = req.uri().path(), "no route");
+        return local(&ProxyError::NoRoute, None, &cfg);
+    };
+    Metrics::inc(&app.metrics.requests);
+
+    // 3. correlate
+    let corr = correlate(&cfg.correlation, route, req.headers(), req.uri().path());
+    let (parts, body) = req.into_parts();
+    let (host, mut early) = match forward::original_host(&parts) {
+        Ok(h) => (h, None),
+        Err(e) => (None, Some(e)),
+    };
+    if early.is_none() && route.require_user_id && corr.user_id.is_none() {
+        early = Some(ProxyError::MissingUserId(
+            cfg.correlation.user_id_header.to_string(),
+        ));
+    }
+    let limit = cfg.server.max_request_body_bytes;
+    let declared_len = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let (None, Some(limit), Some(len)) = (&early, limit, declared_len) {
+        if len > limit {
+            early = Some(ProxyError::BodyTooLarge(limit));
+        }
+    }
+
+    // 4. capture request: the body prefix up to the cap; the rest streams later.
+    let cap = cfg.capture.max_payload_bytes;
+    let prefix = if early.is_none() {
+        let (res, prefix) = read_prefix(body, cap, limit, cfg.server.request_body_timeout).await;
+        early = res.err().map(|e| match e {
+            PrefixError::TooLarge { limit } => ProxyError::BodyTooLarge(limit),
+            PrefixError::Timeout(_) => ProxyError::ClientTimeout(e.to_string()),
+            PrefixError::Client(s) => ProxyError::ClientBody(s),
+        });
+        prefix
+    } else {
+        Prefix {
+            frames: Default::default(),
+            captured: Captured::new(cap),
+            rest: None,
+        }
+    };
+
+    // 5. record start (D1): the pending row is committed before anything goes upstream.
+    let request_payload = payload_for_storage(
+        BodySample {
+            bytes: &prefix.captured.bytes,
+            total_bytes: declared_len.or((prefix.rest.is_none()).then_some(prefix.captured.total)),
+            cut: prefix.rest.is_some() || prefix.captured.cut(),
+            content_type: header_str(&parts.headers, header::CONTENT_TYPE),
+            content_encoding: header_str(&parts.headers, header::CONTENT_ENCODING),
+        },
+        cap,
+    );
+    note_truncation(&app.metrics, &request_payload, &corr.trace_id, "request");
+    let id = Uuid::now_v7();
+    let start = AttemptStart {
+        id,
+        trace_id: corr.trace_id.clone(),
+        execution_id: corr.execution_id,
+        attempt_number: 1,
+        source_service: route.source_service.clone(),
+        destination_service: route.destination_service.clone(),
+        workflow_id: corr.workflow_id.clone(),
+        action: corr.action.clone(),
+        user_id: corr
+            .user_id
+            .clone()
+            .unwrap_or_else(|| cfg.correlation.default_user_id.clone()),
+        requested_at,
+        request_payload,
+        http_method: parts.method.to_string(),
+        http_target: redact_target(parts.uri.path(), parts.uri.query()),
+        route_name: route.name.clone(),
+        n8n_execution_id: corr.n8n_execution_id.clone(),
+    };
+    let stats = Arc::new(RequestStats::default());
+    let mut attempt = match app.store.begin(start) {
+        Ok(pending) => Attempt::new(
+            app.clone(),
+            id,
+            arrived,
+            Insert::Unknown(pending),
+            stats.clone(),
+            &corr,
+        ),
+        Err(e) => Attempt::new(
+            app.clone(),
+            id,
+            arrived,
+            Insert::Failed(e.to_string()),
+            stats.clone(),
+            &corr,
+        ),
+    };
+    if let Err(reason) = attempt.wait_recorded().await {
+        match cfg.database.on_unavailable {
+            OnUnavailable::Reject => {
+                Metrics::inc(&app.metrics.rejected_unavailable);
+                tracing::warn!(trace_id = %corr.trace_id, route = %route.name, error = %reason,
+                    "pending row not committed: request rejected, nothing forwarded");
+                let e = ProxyError::StoreUnavailable(reason);
+                attempt.fail(&e);
+                return local(&e, Some(&corr), &cfg);
+            }
+            OnUnavailable::Forward => {
+                Metrics::inc(&app.metrics.unrecorded);
+                tracing::warn!(trace_id = %corr.trace_id, route = %route.name, error = %reason,
+                    "pending row not committed: forwarding unrecorded");
+            }
+        }
+    }
+    if let Some(e) = early {
+        attempt.fail(&e);
+        return local(&e, Some(&corr), &cfg);
+    }
+
+    // 6. forward
+    let body = RequestBody::new(prefix, limit, stats.clone());
+    let upstream_req = match forward::upstream_request(
+        parts,
+        body,
+        route,
+        &corr,
+        &cfg.correlation,
+        &cfg.upstream,
+        host,
+        peer,
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            attempt.fail(&e);
+            return local(&e, Some(&corr), &cfg);
+        }
+    };
+    attempt.forwarded_at = Some(Instant::now());
+    let timeout = cfg.upstream.response_timeout;
+    let resp = match tokio::time::timeout(timeout, app.client.request(upstream_req)).await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(err)) => {
+            let over = stats
+                .over_limit
+                .load(Ordering::Relaxed)
+                .then_some(limit)
+                .flatten();
+            let e = forward::classify(&err, over);
+            tracing::info!(trace_id = %corr.trace_id, route = %route.name, error = %e, "upstream exchange failed");
+            attempt.fail(&e);
+            return local(&e, Some(&corr), &cfg);
+        }
+        Err(_) => {
+            let e = ProxyError::UpstreamTimeout(timeout.as_millis());
+            tracing::info!(trace_id = %corr.trace_id, route = %route.name, error = %e, "upstream timeout");
+            attempt.fail(&e);
+            return local(&e, Some(&corr), &cfg);
+        }
+    };
+
+    // 8. respond: headers now, body frame by frame through the capture.
+    let (mut rparts, rbody) = resp.into_parts();
+    forward::strip_hop_by_hop(&mut rparts.headers);
+    let meta = ResponseMeta {
+        status: rparts.status,
+        content_type: header_str(&rparts.headers, header::CONTENT_TYPE).map(str::to_owned),
+        content_encoding: header_str(&rparts.headers, header::CONTENT_ENCODING).map(str::to_owned),
+        n8n_execution_id: header_str(&rparts.headers, &cfg.correlation.n8n_execution_id_header)
+            .map(str::to_owned),
+    };
+    add_correlation_headers(&mut rparts.headers, &corr, &cfg);
+    // 9. finish (D2) happens when the body ends, fails or is dropped.
+    let sink = attempt.stream(meta);
+    let body = TeeBody::new(rbody, cap, cfg.upstream.idle_timeout, sink);
+    Response::from_parts(rparts, Either::Left(body))
+}
+
+fn header_str(headers: &http::HeaderMap, name: impl http::header::AsHeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn add_correlation_headers(headers: &mut http::HeaderMap, corr: &Correlation, cfg: &Config) {
+    if let Ok(v) = HeaderValue::from_str(&corr.trace_id) {
+        headers.insert(cfg.correlation.trace_id_header.clone(), v);
+    }
+    headers.insert(
+        cfg.correlation.attempt_header.clone(),
+        HeaderValue::from_static("1"),
+    );
+}
+
+/// A locally generated answer (no upstream response), with the correlation headers.
+fn local(e: &ProxyError, corr: Option<&Correlation>, cfg: &Config) -> Response<ProxyBody> {
+    let (mut parts, body) = e.to_response().into_parts();
+    if let Some(corr) = corr {
+        add_correlation_headers(&mut parts.headers, corr, cfg);
+    }
+    Response::from_parts(parts, Either::Right(body))
+}
+
+fn note_truncation(
+    metrics: &Metrics,
+    payload: &Option<serde_json::Value>,
+    trace_id: &str,
+    which: &str,
+) {
+    if let Some(t) = payload.as_ref().and_then(|p| p.get("_truncated")) {
+        Metrics::inc(&metrics.truncated_payloads);
+        tracing::info!(trace_id, payload = which, indicator = %t, "payload truncated for storage");
+    }
+}
+
+/// What is known of the pending insert.
+enum Insert {
+    Unknown(PendingInsert),
+    Committed,
+    Failed(String),
+}
+
+/// One attempt, from its pending row to its final update. Finishes exactly once: explicitly,
+/// through the response body's end, or — if dropped first (client gone) — as aborted.
+struct Attempt {
+    app: Arc<App>,
+    id: Uuid,
+    arrived: Instant,
+    forwarded_at: Option<Instant>,
+    insert: Option<Insert>,
+    stats: Arc<RequestStats>,
+    trace_id: String,
+    path_n8n_execution_id: Option<String>,
+}
+
+/// Response facts kept for the final update.
+struct ResponseMeta {
+    status: StatusCode,
+    content_type: Option<String>,
+    content_encoding: Option<String>,
+    n8n_execution_id: Option<String>,
+}
+
+/// What the final update says.
+struct Outcome {
+    status: Status,
+    error_code: Option<String>,
+    error_detail: Option<String>,
+    http_status: Option<u16>,
+    response_payload: Option<serde_json::Value>,
+    n8n_execution_id: Option<String>,
+    response_bytes: u64,
+}
+
+impl Outcome {
+    fn error(e: &ProxyError) -> Self {
+        Outcome {
+            status: Status::Failed,
+            error_code: Some(e.code().to_owned()),
+            error_detail: Some(e.to_string()),
+            http_status: None,
+            response_payload: None,
+            n8n_execution_id: None,
+            response_bytes: 0,
+        }
+    }
+
+    /// A streamed response: its HTTP status and how its body ended decide the row's status.
+    fn streamed(meta: &ResponseMeta, end: BodyEnd, captured: Captured, cap: usize) -> Self {
+        let payload = payload_for_storage(
+            BodySample {
+                bytes: &captured.bytes,
+                total_bytes: Some(captured.total),
+                cut: captured.cut(),
+                content_type: meta.content_type.as_deref(),
+                content_encoding: meta.content_encoding.as_deref(),
+            },
+            cap,
+        );
+        let n8n_execution_id = meta.n8n_execution_id.clone().or_else(|| {
+            match payload.as_ref()?.get("executionId")? {
+                serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+                serde_json::Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            }
+        });
+        let code = meta.status.as_u16();
+        let (status, error_code, error_detail) = match end {
+            BodyEnd::Complete if code < 400 => (Status::Success, None, None),
+            BodyEnd::Complete => (
+                Status::Failed,
+                Some(match code {
+                    401 | 403 => "AUTH_FAILED".to_owned(),
+                    _ => format!("HTTP_{code}"),
+                }),
+                Some(format!("upstream answered {}", meta.status)),
+            ),
+            BodyEnd::Error(e) => (
+                Status::Failed,
+                Some("UPSTREAM_ABORTED".into()),
+                Some(format!(
+                    "upstream response body failed after {} bytes: {e}",
+                    captured.total
+                )),
+            ),
+            BodyEnd::IdleTimeout => (
+                Status::Failed,
+                Some("TIMEOUT".into()),
+                Some(format!(
+                    "upstream response body stalled after {} bytes",
+                    captured.total
+                )),
+            ),
+            BodyEnd::Aborted => (
+                Status::Failed,
+                Some("CLIENT_ABORTED".into()),
+                Some(format!(
+                    "client disconnected after {} response bytes",
+                    captured.total
+                )),
+            ),
+        };
+        Outcome {
+            status,
+            error_code,
+            error_detail,
+            http_status: Some(code),
+            response_payload: payload,
+            n8n_execution_id,
+            response_bytes: captured.total,
+        }
+    }
+}
+
+impl Attempt {
+    fn new(
+        app: Arc<App>,
+        id: Uuid,
+        arrived: Instant,
+        insert: Insert,
+        stats: Arc<RequestStats>,
+        corr: &Correlation,
+    ) -> Self {
+        Attempt {
+            app,
+            id,
+            arrived,
+            forwarded_at: None,
+            insert: Some(insert),
+            stats,
+            trace_id: corr.trace_id.clone(),
+            path_n8n_execution_id: corr.n8n_execution_id.clone(),
+        }
+    }
+
+    /// Waits up to the insert timeout for the pending row's commit.
+    async fn wait_recorded(&mut self) -> Result<(), String> {
+        let limit = self.app.store.insert_timeout();
+        let result = match &mut self.insert {
+            Some(Insert::Unknown(pending)) => match pending.wait(Some(limit)).await {
+                None => return Err(format!("no commit within {} ms", limit.as_millis())),
+                Some(r) => r,
+            },
+            Some(Insert::Committed) => return Ok(()),
+            Some(Insert::Failed(e)) => return Err(e.clone()),
+            None => return Err("attempt already finished".into()),
+        };
+        match result {
+            Ok(()) => {
+                self.insert = Some(Insert::Committed);
+                Ok(())
+            }
+            Err(e) => {
+                let e = e.to_string();
+                self.insert = Some(Insert::Failed(e.clone()));
+                Err(e)
+            }
+        }
+    }
+
+    fn fail(mut self, e: &ProxyError) {
+        self.finish(Outcome::error(e));
+    }
+
+    /// Hands the attempt to a task that finishes it when the response body ends.
+    fn stream(self, meta: ResponseMeta) -> FinishSink {
+        let (tx, rx) = oneshot::channel();
+        let mut attempt = self;
+        let in_progress_after = attempt.app.config.capture.in_progress_after;
+        let cap = attempt.app.config.capture.max_payload_bytes;
+        tokio::spawn(async move {
+            let mut rx: oneshot::Receiver<(BodyEnd, Captured)> = rx;
+            let ended = match in_progress_after {
+                Some(after) => tokio::select! {
+                    r = &mut rx => Some(r),
+                    _ = tokio::time::sleep(after) => None,
+                },
+                None => None,
+            };
+            let ended = match ended {
+                Some(r) => r,
+                None => {
+                    if let Some(Insert::Committed) = attempt.insert {
+                        attempt.app.store.mark_in_progress(attempt.id);
+                    }
+                    rx.await
+                }
+            };
+            let (end, captured) = ended.unwrap_or((BodyEnd::Aborted, Captured::new(0)));
+            attempt.finish(Outcome::streamed(&meta, end, captured, cap));
+        });
+        FinishSink(tx)
+    }
+
+    /// Builds the final update and hands it to the store. Runs at most once.
+    fn finish(&mut self, outcome: Outcome) {
+        let Some(insert) = self.insert.take() else {
+            return;
+        };
+        let duration = self.forwarded_at.unwrap_or(self.arrived).elapsed();
+        note_truncation(
+            &self.app.metrics,
+            &outcome.response_payload,
+            &self.trace_id,
+            "response",
+        );
+        let finish = AttemptFinish {
+            id: self.id,
+            responded_at: now_utc(),
+            duration_ms: i32::try_from(duration.as_millis()).unwrap_or(i32::MAX),
+            response_payload: outcome.response_payload,
+            status: outcome.status,
+            error_code: outcome.error_code,
+            error_detail: outcome.error_detail,
+            n8n_execution_id: outcome
+                .n8n_execution_id
+                .or_else(|| self.path_n8n_execution_id.take()),
+            http_status: outcome.http_status.map(i32::from),
+            request_bytes: i64::try_from(self.stats.bytes.load(Ordering::Relaxed))
+                .unwrap_or(i64::MAX),
+            response_bytes: i64::try_from(outcome.response_bytes).unwrap_or(i64::MAX),
+        };
+        let store = self.app.store.clone();
+        let metrics = self.app.metrics.clone();
+        match insert {
+            Insert::Committed => submit(&store, &metrics, finish),
+            Insert::Failed(_) => {
+                tracing::debug!(trace_id = %self.trace_id, "unrecorded request finished");
+            }
+            // The insert may still commit: finish once it does, never before.
+            Insert::Unknown(mut pending) => {
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move {
+                        if let Some(Ok(())) = pending.wait(None).await {
+                            submit(&store, &metrics, finish);
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn submit(store: &Store, metrics: &Metrics, finish: AttemptFinish) {
+    let id = finish.id;
+    if let Err(e) = store.record_finish(finish) {
+        Metrics::inc(&metrics.finish_failed);
+        tracing::error!(row_id = %id, error = %e, "final update not queued");
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if self.insert.is_some() {
+            let detail = if self.forwarded_at.is_some() {
+                "client disconnected before the response started"
+            } else {
+                "client disconnected before the request was forwarded"
+            };
+            self.finish(Outcome {
+                error_detail: Some(detail.into()),
+                ..Outcome::error(&ProxyError::ClientBody(String::new()))
+            });
+        }
+    }
+}
+
+/// Receives the response body's end (no I/O: a channel send) for the finishing task.
+pub struct FinishSink(oneshot::Sender<(BodyEnd, Captured)>);
+
+impl OnEnd for FinishSink {
+    fn on_end(self, end: BodyEnd, captured: Captured) {
+        let _ = self.0.send((end, captured));
+    }
+}

@@ -1,0 +1,61 @@
+//! Forward-only migrations from `sql/`, recorded in `trace_proxy_migrations`. One transaction
+//! under an advisory lock, so two proxies starting at once apply each migration exactly once.
+
+use tokio_postgres::Client;
+
+use super::StoreError;
+
+/// (version, name, SQL), in order. Never edit a shipped migration; add a new one.
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "communication_traces",
+        include_str!("../../sql/0001_communication_traces.sql"),
+    ),
+    (
+        2,
+        "http_columns",
+        include_str!("../../sql/0002_http_columns.sql"),
+    ),
+];
+
+/// Arbitrary constant identifying the migration lock among advisory locks.
+const LOCK_KEY: i64 = 0x7472_6163_6570_7278;
+
+/// Applies pending migrations; returns the versions applied now.
+pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, StoreError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
+        .await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS trace_proxy_migrations (
+             version    integer PRIMARY KEY,
+             name       text NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         )",
+    )
+    .await?;
+    let done: Vec<i32> = tx
+        .query("SELECT version FROM trace_proxy_migrations", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut applied = Vec::new();
+    for (version, name, sql) in MIGRATIONS {
+        if done.contains(version) {
+            continue;
+        }
+        tx.batch_execute(sql)
+            .await
+            .map_err(|e| StoreError::Db(format!("migration {version} ({name}): {e}")))?;
+        tx.execute(
+            "INSERT INTO trace_proxy_migrations (version, name) VALUES ($1, $2)",
+            &[version, name],
+        )
+        .await?;
+        applied.push(*version);
+    }
+    tx.commit().await?;
+    Ok(applied)
+}

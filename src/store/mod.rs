@@ -1,0 +1,173 @@
+//! Everything PostgreSQL: the pool, migrations and the batching writer. Knows nothing of HTTP.
+
+mod migrate;
+mod writer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_postgres::NoTls;
+use uuid::Uuid;
+
+pub use migrate::{migrate, MIGRATIONS};
+
+use crate::config::DatabaseConfig;
+use crate::metrics::Metrics;
+use crate::trace::{AttemptFinish, AttemptStart};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database pool: {0}")]
+    Pool(String),
+    #[error("database: {0}")]
+    Db(String),
+    #[error("no commit within {0:?}")]
+    Timeout(Duration),
+    #[error("store writer stopped")]
+    Closed,
+    #[error("pool setup: {0}")]
+    Setup(String),
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StoreError::Db(crate::capture::error_chain(&e))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        StoreError::Pool(crate::capture::error_chain(&e))
+    }
+}
+
+/// One unit of work for the writer.
+pub(crate) enum Op {
+    Insert(Box<AttemptStart>, oneshot::Sender<Result<(), StoreError>>),
+    Progress(Uuid),
+    Finish(Box<AttemptFinish>),
+}
+
+/// Handle to the store: cheap to clone, shared by every request.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    tx: mpsc::UnboundedSender<Op>,
+    insert_timeout: Duration,
+}
+
+/// The outcome of a queued pending insert.
+pub struct PendingInsert(oneshot::Receiver<Result<(), StoreError>>);
+
+impl PendingInsert {
+    /// Waits for the commit (or its failure); `None` when `limit` passed first, in which case
+    /// the insert may still commit later and `self` can be awaited again.
+    pub async fn wait(&mut self, limit: Option<Duration>) -> Option<Result<(), StoreError>> {
+        let flat = |r: Result<Result<(), StoreError>, _>| r.unwrap_or(Err(StoreError::Closed));
+        match limit {
+            Some(d) => tokio::time::timeout(d, &mut self.0).await.ok().map(flat),
+            None => Some(flat((&mut self.0).await)),
+        }
+    }
+}
+
+/// The writer tasks; awaited on shutdown so every queued row is written before exit.
+pub struct Writer {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Waits until every `Store` handle is gone and the queue is drained, up to `deadline`.
+    pub async fn drain(self, deadline: Duration) -> bool {
+        let all = futures_util::future::join_all(self.tasks);
+        tokio::time::timeout(deadline, all).await.is_ok()
+    }
+}
+
+/// Builds the pool. Connections are made lazily; nothing here touches the network.
+pub fn pool(cfg: &DatabaseConfig) -> Result<Pool, StoreError> {
+    let mut pg = cfg.pg.clone();
+    pg.connect_timeout(cfg.connect_timeout);
+    pg.keepalives(true);
+    pg.keepalives_idle(Duration::from_secs(30));
+    // A hung statement must fail within a known time, server side.
+    let timeout = format!("-c statement_timeout={}", cfg.statement_timeout.as_millis());
+    let options = match pg.get_options() {
+        Some(existing) if !existing.is_empty() => format!("{existing} {timeout}"),
+        _ => timeout,
+    };
+    pg.options(&options);
+    pg.application_name("trace-proxy");
+    let manager = Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(cfg.pool_size)
+        .wait_timeout(Some(cfg.pool_wait_timeout))
+        .create_timeout(Some(cfg.connect_timeout))
+        .recycle_timeout(Some(cfg.connect_timeout))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| StoreError::Setup(e.to_string()))
+}
+
+impl Store {
+    /// Starts the writer tasks over `pool`.
+    pub fn start(pool: Pool, cfg: &DatabaseConfig, metrics: Arc<Metrics>) -> (Store, Writer) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let tasks = writer::spawn(
+            pool.clone(),
+            rx,
+            cfg.writer_tasks,
+            cfg.max_batch_rows,
+            metrics,
+        );
+        (
+            Store {
+                pool,
+                tx,
+                insert_timeout: cfg.insert_timeout,
+            },
+            Writer { tasks },
+        )
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// D1: queues the pending row. The receiver resolves once it is committed (or failed);
+    /// concurrent inserts share round trips and commits. Every queued insert is answered.
+    pub fn begin(&self, start: AttemptStart) -> Result<PendingInsert, StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Op::Insert(Box::new(start), done))
+            .map_err(|_| StoreError::Closed)?;
+        Ok(PendingInsert(wait))
+    }
+
+    /// How long a request waits for its pending row before `on_unavailable` applies.
+    pub fn insert_timeout(&self) -> Duration {
+        self.insert_timeout
+    }
+
+    /// Marks a row whose response is still streaming. Fire and forget.
+    pub fn mark_in_progress(&self, id: Uuid) {
+        let _ = self.tx.send(Op::Progress(id));
+    }
+
+    /// D2: queued; the client never waits for it. The queue is bounded by the number of
+    /// committed-but-unfinished rows, since each finish follows one committed `begin`.
+    pub fn record_finish(&self, finish: AttemptFinish) -> Result<(), StoreError> {
+        self.tx
+            .send(Op::Finish(Box::new(finish)))
+            .map_err(|_| StoreError::Closed)
+    }
+}

@@ -223,7 +223,11 @@ impl Config {
     pub fn to_redacted_toml(&self) -> String {
         let mut raw = self.raw.0.clone();
         raw.database.url = redact_url(&raw.database.url);
-        toml::to_string_pretty(&raw).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+        let env = self.environment.as_deref().unwrap_or("(none)");
+        match toml::to_string_pretty(&raw) {
+            Ok(text) => format!("# effective configuration; environment overlay: {env}\n{text}"),
+            Err(e) => format!("# cannot render config: {e}\n"),
+        }
     }
 
     /// The route for a request path: the longest matching prefix.

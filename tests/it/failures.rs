@@ -1,0 +1,1 @@
+//! Failures: upstream down/slow/reset, client abort, store unavailable, limits.

@@ -1,0 +1,6 @@
+//! Integration tests: the real proxy, real PostgreSQL (a schema per test), real upstreams.
+
+mod failures;
+mod protocol;
+mod recording;
+mod support;

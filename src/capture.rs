@@ -349,8 +349,12 @@ mod tests {
     use http_body_util::{Full, StreamBody};
     use std::sync::Mutex;
 
+    type Ends = Vec<(BodyEnd, Vec<u8>, u64)>;
+    type TestStream =
+        StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, BoxError>>>>;
+
     #[derive(Clone, Default)]
-    struct Record(Arc<Mutex<Vec<(BodyEnd, Vec<u8>, u64)>>>);
+    struct Record(Arc<Mutex<Ends>>);
     impl OnEnd for Record {
         fn on_end(self, end: BodyEnd, c: Captured) {
             if let Ok(mut v) = self.0.lock() {
@@ -359,10 +363,7 @@ mod tests {
         }
     }
 
-    fn chunks(
-        parts: &[&'static str],
-    ) -> StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, BoxError>>>>
-    {
+    fn chunks(parts: &[&'static str]) -> TestStream {
         let v: Vec<Result<Frame<Bytes>, BoxError>> = parts
             .iter()
             .map(|p| Ok(Frame::data(Bytes::from_static(p.as_bytes()))))

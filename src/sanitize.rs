@@ -182,11 +182,7 @@ pub fn redact_json(v: &mut Value) {
             }
         }
         Value::Array(items) => items.iter_mut().for_each(redact_json),
-        Value::String(s) => {
-            if s.contains('\0') {
-                *s = clean_str(s);
-            }
-        }
+        Value::String(s) if s.contains('\0') => *s = clean_str(s),
         _ => {}
     }
 }

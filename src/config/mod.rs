@@ -581,7 +581,7 @@ fn validate_routes(raw: &RawConfig, problems: &mut Vec<String>) -> Vec<Route> {
             strip_prefix: r.strip_prefix,
         });
     }
-    routes.sort_by(|a, b| b.path_prefix.len().cmp(&a.path_prefix.len()));
+    routes.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
     routes
 }
 

@@ -14,7 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use super::correlate::Correlation;
 use super::error::ProxyError;
 use crate::capture::{error_chain, RequestBody};
-use crate::config::{CorrelationConfig, Route, TlsRoots, UpstreamConfig};
+use crate::config::{Config, Route, TlsRoots, UpstreamConfig};
 
 pub type UpstreamBody = RequestBody<hyper::body::Incoming>;
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
@@ -138,8 +138,7 @@ pub fn upstream_request(
     body: UpstreamBody,
     route: &Route,
     corr: &Correlation,
-    ccfg: &CorrelationConfig,
-    ucfg: &UpstreamConfig,
+    cfg: &Config,
     host: Option<HeaderValue>,
     peer: SocketAddr,
 ) -> Result<Request<UpstreamBody>, ProxyError> {
@@ -166,6 +165,7 @@ pub fn upstream_request(
         .build()
         .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
 
+    let (ccfg, ucfg) = (&cfg.correlation, &cfg.upstream);
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
     headers.remove(header::HOST);

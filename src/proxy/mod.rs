@@ -177,16 +177,8 @@ pub async fn handle(
 
     // 6. forward
     let body = RequestBody::new(prefix, limit, stats.clone());
-    let upstream_req = match forward::upstream_request(
-        parts,
-        body,
-        route,
-        &corr,
-        &cfg.correlation,
-        &cfg.upstream,
-        host,
-        peer,
-    ) {
+    let upstream_req = match forward::upstream_request(parts, body, route, &corr, &cfg, host, peer)
+    {
         Ok(r) => r,
         Err(e) => {
             attempt.fail(&e);

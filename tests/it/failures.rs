@@ -1,1 +1,482 @@
-//! Failures: upstream down/slow/reset, client abort, store unavailable, limits.
+//! Failures: upstream down/slow/reset, client abort, store unavailable, limits, streaming.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Response;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::support::*;
+
+/// A response body fed frame by frame through the returned sender; ends when it is dropped.
+fn channel_body() -> (mpsc::Sender<Bytes>, Body) {
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| {
+            (
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(b)),
+                rx,
+            )
+        })
+    });
+    (tx, StreamBody::new(stream).boxed())
+}
+
+/// A config recording into `db_url` with one route to `upstream`.
+fn config_at(db_url: &str, upstream: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"
+[database]
+url = "{db_url}"
+insert_timeout_ms = 1000
+connect_timeout_ms = 500
+pool_wait_timeout_ms = 500
+{extra}
+[[routes]]
+name = "n8n"
+path_prefix = "/"
+upstream = "http://{upstream}"
+source_service = "bilko-app"
+destination_service = "n8n"
+"#
+    )
+}
+
+fn counting_upstream_handler(
+    hits: Arc<AtomicUsize>,
+) -> impl Fn(http::Request<hyper::body::Incoming>) -> std::future::Ready<Response<Body>> + Clone {
+    move |_req| {
+        hits.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Response::new(full("ok")))
+    }
+}
+
+#[tokio::test]
+async fn upstream_unreachable_is_502_connection_failed() {
+    let db = TestDb::new().await;
+    let proxy = Proxy::start(&config(&db, closed_port().await, "")).await;
+    let trace = new_trace_id();
+    let (parts, _) = send(post(&proxy.url("/webhook/x"), &trace, "{}")).await;
+    assert_eq!(parts.status, 502);
+    assert_eq!(parts.headers["x-trace-proxy-error"], "CONNECTION_FAILED");
+    assert_eq!(parts.headers["x-trace-id"], trace.as_str());
+    let rows = db.final_rows(&trace, 1).await;
+    assert_eq!(rows[0].get::<_, &str>("overall_status"), "failed");
+    assert_eq!(
+        rows[0].get::<_, Option<&str>>("error_code"),
+        Some("CONNECTION_FAILED")
+    );
+    assert!(rows[0].get::<_, Option<&str>>("error_detail").is_some());
+    assert_eq!(rows[0].get::<_, Option<i32>>("http_status"), None);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_slower_than_response_timeout_is_504_timeout() {
+    let db = TestDb::new().await;
+    let up = upstream(|_req| async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Response::new(full("late"))
+    })
+    .await;
+    let proxy = Proxy::start(&config(&db, up, "[upstream]\nresponse_timeout_ms = 200")).await;
+    let trace = new_trace_id();
+    let (parts, _) = send(get(&proxy.url("/slow"), &trace)).await;
+    assert_eq!(parts.status, 504);
+    let rows = db.final_rows(&trace, 1).await;
+    assert_eq!(
+        rows[0].get::<_, Option<&str>>("error_code"),
+        Some("TIMEOUT")
+    );
+    assert!(rows[0]
+        .get::<_, Option<i32>>("duration_ms")
+        .is_some_and(|d| d >= 200));
+    proxy.stop().await;
+}
+
+/// An upstream that promises 100 bytes, sends 10 and closes the connection.
+async fn resetting_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+                    .await;
+                let _ = s.flush().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn upstream_reset_mid_body_is_upstream_aborted() {
+    let db = TestDb::new().await;
+    let proxy = Proxy::start(&config(&db, resetting_upstream().await, "")).await;
+    let trace = new_trace_id();
+    let resp = client()
+        .request(get(&proxy.url("/reset"), &trace))
+        .await
+        .expect("headers arrive");
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.into_body().collect().await.is_err(),
+        "client sees the cut"
+    );
+    let rows = db.final_rows(&trace, 1).await;
+    assert_eq!(rows[0].get::<_, &str>("overall_status"), "failed");
+    assert_eq!(
+        rows[0].get::<_, Option<&str>>("error_code"),
+        Some("UPSTREAM_ABORTED")
+    );
+    assert_eq!(rows[0].get::<_, Option<i64>>("response_bytes"), Some(10));
+    assert_eq!(rows[0].get::<_, Option<i32>>("http_status"), Some(200));
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn first_frame_reaches_client_before_upstream_finishes_and_row_is_in_progress() {
+    let db = TestDb::new().await;
+    let (release_tx, release_rx) = mpsc::channel::<()>(1);
+    let release_rx = Arc::new(tokio::sync::Mutex::new(release_rx));
+    let up = upstream(move |_req| {
+        let release_rx = release_rx.clone();
+        async move {
+            let (tx, body) = channel_body();
+            tokio::spawn(async move {
+                let _ = tx.send(Bytes::from_static(b"data: first\n\n")).await;
+                let _ = release_rx.lock().await.recv().await;
+                let _ = tx.send(Bytes::from_static(b"data: second\n\n")).await;
+            });
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(body)
+                .expect("response")
+        }
+    })
+    .await;
+    let proxy = Proxy::start(&config(&db, up, "in_progress_after_ms = 100")).await;
+    let trace = new_trace_id();
+    let resp = client()
+        .request(get(&proxy.url("/sse"), &trace))
+        .await
+        .expect("headers");
+    let mut body = resp.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("first frame arrives while the upstream still holds the rest")
+        .expect("frame")
+        .expect("ok");
+    assert_eq!(
+        first.into_data().expect("data"),
+        Bytes::from_static(b"data: first\n\n")
+    );
+    let mut status = String::new();
+    for _ in 0..100 {
+        status = db.trace_rows(&trace).await[0].get("overall_status");
+        if status == "in_progress" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, "in_progress");
+    release_tx.send(()).await.expect("release");
+    let rest = body.collect().await.expect("rest").to_bytes();
+    assert_eq!(&rest[..], b"data: second\n\n");
+    let rows = db.final_rows(&trace, 1).await;
+    assert_eq!(rows[0].get::<_, &str>("overall_status"), "success");
+    assert_eq!(
+        rows[0].get::<_, Option<Value>>("response_payload"),
+        Some(Value::String("data: first\n\ndata: second\n\n".into()))
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn response_larger_than_cap_streams_whole_and_is_stored_truncated() {
+    let db = TestDb::new().await;
+    const SIZE: usize = 3 * 1024 * 1024;
+    let up = upstream(|_req| async {
+        let (tx, body) = channel_body();
+        tokio::spawn(async move {
+            for _ in 0..(SIZE / 65536) {
+                if tx.send(Bytes::from(vec![b'x'; 65536])).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Response::builder()
+            .header("content-type", "text/plain")
+            .body(body)
+            .expect("response")
+    })
+    .await;
+    let proxy = Proxy::start(&config(&db, up, "")).await;
+    let trace = new_trace_id();
+    let (parts, body) = send(get(&proxy.url("/big"), &trace)).await;
+    assert_eq!(parts.status, 200);
+    assert_eq!(body.len(), SIZE);
+    let rows = db.final_rows(&trace, 1).await;
+    let payload: Value = rows[0]
+        .get::<_, Option<Value>>("response_payload")
+        .expect("payload");
+    assert_eq!(payload["_truncated"]["original_bytes"], SIZE as u64);
+    assert!(
+        payload.to_string().len() < 1024 + 512,
+        "stored {} bytes",
+        payload.to_string().len()
+    );
+    assert_eq!(
+        rows[0].get::<_, Option<i64>>("response_bytes"),
+        Some(SIZE as i64)
+    );
+    assert_eq!(proxy.metrics.snapshot().truncated_payloads, 1);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn client_abort_mid_response_is_recorded_once() {
+    let db = TestDb::new().await;
+    let up = upstream(|_req| async {
+        let (tx, body) = channel_body();
+        tokio::spawn(async move {
+            // A heartbeat stream that never ends on its own.
+            while tx.send(Bytes::from_static(b": ping\n\n")).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(body)
+            .expect("response")
+    })
+    .await;
+    let proxy = Proxy::start(&config(&db, up, "")).await;
+    let trace = new_trace_id();
+    {
+        let resp = client()
+            .request(get(&proxy.url("/stream"), &trace))
+            .await
+            .expect("headers");
+        let mut body = resp.into_body();
+        body.frame().await.expect("a frame").expect("ok");
+        // Dropping the body and its client closes the connection.
+    }
+    let rows = db.final_rows(&trace, 1).await;
+    assert_eq!(rows[0].get::<_, &str>("overall_status"), "failed");
+    assert_eq!(
+        rows[0].get::<_, Option<&str>>("error_code"),
+        Some("CLIENT_ABORTED")
+    );
+    assert_eq!(rows[0].get::<_, Option<i32>>("http_status"), Some(200));
+    assert_eq!(proxy.metrics.snapshot().rows_finished, 1);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn client_abort_while_waiting_for_upstream_is_recorded() {
+    let db = TestDb::new().await;
+    let up = upstream(|_req| async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        Response::new(full("late"))
+    })
+    .await;
+    let proxy = Proxy::start(&config(&db, up, "")).await;
+    let trace = new_trace_id();
+    let req = get(&proxy.url("/wait"), &trace);
+    let _ = tokio::time::timeout(Duration::from_millis(300), client().request(req)).await;
+    let rows = db.final_rows(&trace, 1).await;
+    assert_eq!(
+        rows[0].get::<_, Option<&str>>("error_code"),
+        Some("CLIENT_ABORTED")
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn store_unreachable_with_reject_answers_503_and_forwards_nothing() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let up = upstream(counting_upstream_handler(hits.clone())).await;
+    let db_url = format!("postgres://postgres@{}/postgres", closed_port().await);
+    let proxy = Proxy::start(&config_at(&db_url, up, "on_unavailable = \"reject\"")).await;
+    let (parts, _) = send(post(&proxy.url("/webhook/x"), &new_trace_id(), "{}")).await;
+    assert_eq!(parts.status, 503);
+    assert_eq!(parts.headers["x-trace-proxy-error"], "STORE_UNAVAILABLE");
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+    assert_eq!(proxy.metrics.snapshot().rejected_unavailable, 1);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn store_unreachable_with_forward_forwards_and_counts_unrecorded() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let up = upstream(counting_upstream_handler(hits.clone())).await;
+    let db_url = format!("postgres://postgres@{}/postgres", closed_port().await);
+    let proxy = Proxy::start(&config_at(&db_url, up, "on_unavailable = \"forward\"")).await;
+    for _ in 0..3 {
+        let (parts, body) = send(post(&proxy.url("/webhook/x"), &new_trace_id(), "{}")).await;
+        assert_eq!((parts.status.as_u16(), &body[..]), (200, &b"ok"[..]));
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
+    let m = proxy.metrics.snapshot();
+    assert_eq!((m.unrecorded, m.rows_started), (3, 0));
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn body_over_limit_is_413_and_recorded() {
+    let db = TestDb::new().await;
+    // Counts request bodies the upstream received whole.
+    let whole = Arc::new(AtomicUsize::new(0));
+    let w = whole.clone();
+    let up = upstream(move |req| {
+        let w = w.clone();
+        async move {
+            if req.into_body().collect().await.is_ok() {
+                w.fetch_add(1, Ordering::SeqCst);
+            }
+            Response::new(full("ok"))
+        }
+    })
+    .await;
+    let proxy = Proxy::start(&config(&db, up, "[server]\nmax_request_body_bytes = 2000")).await;
+    // Declared too large: refused before anything is forwarded.
+    let trace = new_trace_id();
+    let req = http::Request::post(proxy.url("/webhook/x"))
+        .header("x-trace-id", &trace)
+        .body(Full::new(Bytes::from(vec![b'a'; 3000])))
+        .expect("request");
+    let (parts, _) = send(req).await;
+    assert_eq!(parts.status, 413);
+    let rows = db.final_rows(&trace, 1).await;
+    assert_eq!(
+        rows[0].get::<_, Option<&str>>("error_code"),
+        Some("BODY_TOO_LARGE")
+    );
+    assert_eq!(rows[0].get::<_, Option<i64>>("request_bytes"), Some(0));
+    // Chunked, discovered while streaming (past the 1024-byte capture): the upstream's copy is cut.
+    let trace2 = new_trace_id();
+    let (tx, body) = channel_body();
+    tokio::spawn(async move {
+        for _ in 0..10 {
+            if tx.send(Bytes::from(vec![b'b'; 500])).await.is_err() {
+                return;
+            }
+        }
+    });
+    let req = http::Request::post(proxy.url("/webhook/x"))
+        .header("x-trace-id", &trace2)
+        .body(body)
+        .expect("request");
+    let resp = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Body>()
+        .request(req)
+        .await
+        .expect("an answer");
+    assert_eq!(resp.status(), 413);
+    let rows = db.final_rows(&trace2, 1).await;
+    assert_eq!(
+        rows[0].get::<_, Option<&str>>("error_code"),
+        Some("BODY_TOO_LARGE")
+    );
+    assert_eq!(
+        whole.load(Ordering::SeqCst),
+        0,
+        "no oversized body reached the upstream whole"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn route_requiring_user_id_rejects_without_it() {
+    let db = TestDb::new().await;
+    let hits = Arc::new(AtomicUsize::new(0));
+    let up = upstream(counting_upstream_handler(hits.clone())).await;
+    let toml = config(&db, up, "").replace(
+        "action = \"trigger-workflow\"",
+        "action = \"trigger-workflow\"\nrequire_user_id = true",
+    );
+    let proxy = Proxy::start(&toml).await;
+    let trace = new_trace_id();
+    let (parts, _) = send(post(&proxy.url("/webhook/x"), &trace, "{}")).await;
+    assert_eq!(parts.status, 400);
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+    let rows = db.final_rows(&trace, 1).await;
+    assert_eq!(
+        rows[0].get::<_, Option<&str>>("error_code"),
+        Some("MISSING_USER_ID")
+    );
+    let mut req = post(&proxy.url("/webhook/x"), &new_trace_id(), "{}");
+    req.headers_mut()
+        .insert("x-user-id", "u1".parse().expect("header"));
+    let (parts, _) = send(req).await;
+    assert_eq!(parts.status, 200);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn two_routes_record_their_own_services() {
+    let db = TestDb::new().await;
+    let n8n =
+        upstream(|req| async move { Response::new(full(format!("n8n:{}", req.uri().path()))) })
+            .await;
+    let app =
+        upstream(|req| async move { Response::new(full(format!("app:{}", req.uri().path()))) })
+            .await;
+    let toml = format!(
+        r#"
+{base}
+[[routes]]
+name = "callbacks"
+path_prefix = "/bilko/"
+upstream = "http://{app}/api"
+source_service = "n8n"
+destination_service = "bilko-app"
+strip_prefix = true
+"#,
+        base = config(&db, n8n, "")
+    );
+    let proxy = Proxy::start(&toml).await;
+    let (t1, t2) = (new_trace_id(), new_trace_id());
+    let (_, b1) = send(get(&proxy.url("/webhook/flow"), &t1)).await;
+    let (_, b2) = send(get(&proxy.url("/bilko/callback/done"), &t2)).await;
+    assert_eq!(&b1[..], b"n8n:/webhook/flow");
+    assert_eq!(&b2[..], b"app:/api/callback/done");
+    let r1 = db.final_rows(&t1, 1).await;
+    let r2 = db.final_rows(&t2, 1).await;
+    let services = |r: &tokio_postgres::Row| {
+        (
+            r.get::<_, String>("source_service"),
+            r.get::<_, String>("destination_service"),
+            r.get::<_, Option<String>>("route_name"),
+        )
+    };
+    assert_eq!(
+        services(&r1[0]),
+        ("bilko-app".into(), "n8n".into(), Some("n8n".into()))
+    );
+    assert_eq!(
+        services(&r2[0]),
+        ("n8n".into(), "bilko-app".into(), Some("callbacks".into()))
+    );
+    proxy.stop().await;
+}

@@ -80,15 +80,11 @@ pub fn payload_for_storage(sample: BodySample<'_>, cap: usize) -> Option<Value> 
     }
     match std::str::from_utf8(sample.bytes) {
         Ok(text) if textual || ctype.is_empty() || !text.contains('\0') => {
-            let (s, fitted) = fit_string(text, cap);
-            if sample.cut || !fitted {
-                Some(preview(text, &sample, cap))
-            } else {
-                Some(Value::String(s))
-            }
+            Some(text_value(text, &sample, cap))
         }
-        // A cut may split a UTF-8 sequence: a textual body is still previewed, lossily.
-        _ if textual => Some(preview(
+        // Invalid UTF-8 (or a cut that split a sequence) in a textual body: stored lossily,
+        // invalid bytes as U+FFFD.
+        _ if textual => Some(text_value(
             &String::from_utf8_lossy(sample.bytes),
             &sample,
             cap,
@@ -106,6 +102,14 @@ fn total(sample: &BodySample<'_>) -> Value {
         Some(n) => json!(n),
         None if !sample.cut => json!(sample.bytes.len()),
         None => Value::Null,
+    }
+}
+
+/// Text as a JSON string, or a preview with the indicator when it was cut or does not fit.
+fn text_value(text: &str, sample: &BodySample<'_>, cap: usize) -> Value {
+    match fit_string(text, cap) {
+        (s, true) if !sample.cut => Value::String(s),
+        _ => preview(text, sample, cap),
     }
 }
 
@@ -332,9 +336,9 @@ mod tests {
     }
 
     #[test]
-    fn invalid_utf8_text_is_previewed_lossily() {
+    fn invalid_utf8_text_is_stored_lossily() {
         let v = stored(b"ab\xff\xfecd", Some("text/plain"));
-        assert_eq!(v["preview"], "ab\u{FFFD}\u{FFFD}cd");
+        assert_eq!(v, Value::String("ab\u{FFFD}\u{FFFD}cd".into()));
     }
 
     #[test]

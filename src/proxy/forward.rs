@@ -169,6 +169,8 @@ pub fn upstream_request(
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
     headers.remove(header::HOST);
+    // The proxy already answered `Expect: 100-continue` by reading the body prefix.
+    headers.remove(header::EXPECT);
     if ucfg.preserve_host {
         if let Some(h) = &host {
             headers.insert(header::HOST, h.clone());
@@ -225,16 +227,15 @@ fn is_tls(err: &(dyn std::error::Error + 'static)) -> bool {
         if e.downcast_ref::<rustls::Error>().is_some() {
             return true;
         }
-        // io::Error's `source()` skips the error it wraps; look inside explicitly.
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
-            {
-                return true;
-            }
-        }
-        cur = e.source();
+        // io::Error's `source()` skips the error it wraps (hyper-rustls wraps rustls's error in
+        // two io::Errors), so step into the wrapped error instead.
+        cur = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
     }
     false
 }

@@ -1,1 +1,472 @@
-//! Protocol-level behaviour: HTTP/2 clients, TLS upstreams, header handling, poison payloads.
+//! Protocol-level behaviour: HTTP/2 clients, TLS upstreams, header handling, poison payloads,
+//! correlation ids, and the DATA-002 schema as drizzle sees it.
+
+use std::io::Write;
+
+use bytes::Bytes;
+use http::{Request, Response, Version};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+fn ok_json() -> Response<Body> {
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(full(r#"{"ok":true}"#))
+        .expect("response")
+}
+
+/// A request with an explicit trace id, content type and arbitrary body bytes.
+fn post_bytes(url: &str, trace_id: &str, ctype: &str, body: Vec<u8>) -> Request<Full<Bytes>> {
+    Request::post(url)
+        .header("x-trace-id", trace_id)
+        .header("content-type", ctype)
+        .body(Full::new(Bytes::from(body)))
+        .expect("request")
+}
+
+fn header<'a>(parts: &'a http::response::Parts, name: &str) -> Option<&'a str> {
+    parts
+        .headers
+        .get(name)
+        .map(|v| v.to_str().expect("ASCII header"))
+}
+
+#[tokio::test]
+async fn http2_client_is_proxied_to_http1_upstream() {
+    let db = TestDb::new().await;
+    let (up, seen) = recording_upstream(ok_json).await;
+    let proxy = Proxy::start(&config(&db, up, "")).await;
+    let trace = new_trace_id();
+    let h2c: TestClient = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let req = post_bytes(
+        &proxy.url("/webhook/h2"),
+        &trace,
+        "application/json",
+        br#"{"via":"h2c"}"#.to_vec(),
+    );
+    let resp = h2c.request(req).await.expect("h2c request");
+    assert_eq!(resp.version(), Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(&body[..], br#"{"ok":true}"#);
+
+    let got = seen_with_trace(&seen, &trace);
+    assert_eq!(got.version, Version::HTTP_11);
+    assert_eq!(&got.body[..], br#"{"via":"h2c"}"#);
+    let rows = db.final_rows(&trace, 1).await;
+    assert_eq!(rows[0].get::<_, &str>("overall_status"), "success");
+    assert_eq!(rows[0].get::<_, Option<i32>>("http_status"), Some(200));
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn https_upstream_with_private_ca() {
+    let db = TestDb::new().await;
+    let pki = localhost_pki();
+    let (up, seen) = recording_tls_upstream(pki.server.clone(), ok_json).await;
+    let mut ca_file = tempfile::NamedTempFile::new().expect("temp file");
+    ca_file
+        .write_all(pki.ca_pem.as_bytes())
+        .expect("write CA PEM");
+    let extra = format!(
+        "[upstream]\nca_file = \"{}\"\ntls_roots = \"none\"\n",
+        ca_file.path().display()
+    );
+    let url = format!("https://localhost:{}", up.port());
+    let proxy = Proxy::start(&config_with_upstream_url(&db, &url, &extra)).await;
+    let trace = new_trace_id();
+    let (parts, body) = send(post(&proxy.url("/webhook/tls"), &trace, r#"{"a":1}"#)).await;
+    assert_eq!(parts.status, 200);
+    assert_eq!(&body[..], br#"{"ok":true}"#);
+    let got = seen_with_trace(&seen, &trace);
+    assert_eq!(got.version, Version::HTTP_2, "ALPN negotiates h2");
+    assert_eq!(&got.body[..], br#"{"a":1}"#);
+    let rows = db.final_rows(&trace, 1).await;
+    assert_eq!(rows[0].get::<_, &str>("overall_status"), "success");
+    assert_eq!(rows[0].get::<_, Option<&str>>("error_code"), None);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn https_upstream_with_untrusted_cert_is_502_tls_failed() {
+    let db = TestDb::new().await;
+    let pki = localhost_pki();
+    let (up, seen) = recording_tls_upstream(pki.server.clone(), ok_json).await;
+    let url = format!("https://localhost:{}", up.port());
+    let proxy = Proxy::start(&config_with_upstream_url(&db, &url, "")).await;
+    let trace = new_trace_id();
+    let (parts, _) = send(post(&proxy.url("/webhook/tls"), &trace, r#"{"a":1}"#)).await;
+    assert_eq!(parts.status, 502);
+    assert_eq!(header(&parts, "x-trace-id"), Some(trace.as_str()));
+    assert!(seen.lock().expect("lock").is_empty(), "nothing served");
+    let rows = db.final_rows(&trace, 1).await;
+    let detail = rows[0].get::<_, Option<&str>>("error_detail");
+    assert_eq!(rows[0].get::<_, &str>("overall_status"), "failed");
+    assert_eq!(
+        rows[0].get::<_, Option<&str>>("error_code"),
+        Some("TLS_FAILED"),
+        "error_detail: {detail:?}"
+    );
+    assert_eq!(header(&parts, "x-trace-proxy-error"), Some("TLS_FAILED"));
+    proxy.stop().await;
+}
+
+fn response_with_hop_headers() -> Response<Body> {
+    Response::builder()
+        .header("connection", "x-resp-hop")
+        .header("x-resp-hop", "1")
+        .header("keep-alive", "timeout=9")
+        .header("x-resp-kept", "1")
+        .body(full("ok"))
+        .expect("response")
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_stripped_both_ways() {
+    let db = TestDb::new().await;
+    let (up, seen) = recording_upstream(response_with_hop_headers).await;
+    let proxy = Proxy::start(&config(&db, up, "")).await;
+    let trace = new_trace_id();
+    // Written by hand: an HTTP client library would manage Connection/TE itself.
+    let resp = raw_http(
+        proxy.addr,
+        &format!(
+            "GET /webhook/hop HTTP/1.1\r\n\
+             Host: client-facing.example:8080\r\n\
+             Connection: close, X-Custom-Hop\r\n\
+             X-Custom-Hop: 1\r\n\
+             Keep-Alive: timeout=5\r\n\
+             Proxy-Authorization: x\r\n\
+             TE: trailers\r\n\
+             X-End-To-End: kept\r\n\
+             X-Trace-Id: {trace}\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_eq!((resp.status, &resp.body[..]), (200, &b"ok"[..]));
+    assert_eq!(resp.header("x-resp-hop"), None);
+    assert_eq!(resp.header("keep-alive"), None);
+    assert_eq!(resp.header("x-resp-kept"), Some("1"));
+    assert_eq!(resp.header("x-trace-id"), Some(trace.as_str()));
+    assert_ne!(resp.header("connection"), Some("x-resp-hop"));
+
+    let got = seen_with_trace(&seen, &trace).headers;
+    for hop in [
+        "connection",
+        "x-custom-hop",
+        "keep-alive",
+        "proxy-authorization",
+        "te",
+    ] {
+        assert!(!got.contains_key(hop), "{hop} forwarded: {got:?}");
+    }
+    assert_eq!(got["x-end-to-end"], "kept");
+    assert_eq!(got["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(got["x-forwarded-host"], "client-facing.example:8080");
+    assert_eq!(got["x-forwarded-proto"], "http");
+    let traceparent = got["traceparent"].to_str().expect("ASCII");
+    assert!(is_w3c_traceparent(traceparent), "{traceparent}");
+    db.final_rows(&trace, 1).await;
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn duplicate_or_missing_host_is_400() {
+    let db = TestDb::new().await;
+    let (up, seen) = recording_upstream(ok_json).await;
+    let proxy = Proxy::start(&config(&db, up, "")).await;
+    let (two, none) = (new_trace_id(), new_trace_id());
+    let requests = [
+        (
+            &two,
+            format!("GET /webhook/h HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nX-Trace-Id: {two}\r\nConnection: close\r\n\r\n"),
+        ),
+        (
+            &none,
+            format!("GET /webhook/h HTTP/1.1\r\nX-Trace-Id: {none}\r\nConnection: close\r\n\r\n"),
+        ),
+    ];
+    for (trace, request) in requests {
+        let resp = raw_http(proxy.addr, &request).await;
+        assert_eq!(
+            (resp.status, &resp.body[..]),
+            (400, &b"malformed request\n"[..]),
+            "{request:?}"
+        );
+        assert_eq!(resp.header("x-trace-proxy-error"), Some("BAD_REQUEST"));
+        let rows = db.final_rows(trace, 1).await;
+        assert_eq!(rows[0].get::<_, &str>("overall_status"), "failed");
+        assert_eq!(
+            rows[0].get::<_, Option<&str>>("error_code"),
+            Some("BAD_REQUEST")
+        );
+    }
+    assert_eq!(seen.lock().expect("lock").len(), 0, "nothing forwarded");
+    proxy.stop().await;
+}
+
+/// Sends `body` and checks: forwarded byte for byte, 200, one final success row with a payload.
+async fn send_poison(
+    proxy: &Proxy,
+    db: &TestDb,
+    seen: &SeenLog,
+    ctype: &str,
+    body: &[u8],
+) -> Value {
+    let trace = new_trace_id();
+    let req = post_bytes(&proxy.url("/webhook/poison"), &trace, ctype, body.to_vec());
+    let (parts, _) = send(req).await;
+    assert_eq!(parts.status, 200, "{trace}");
+    let got = seen_with_trace(seen, &trace);
+    assert!(got.body == body, "{trace}: upstream got different bytes");
+    let rows = db.final_rows(&trace, 1).await;
+    assert_eq!(rows[0].get::<_, &str>("overall_status"), "success");
+    rows[0]
+        .get::<_, Option<Value>>("request_payload")
+        .unwrap_or_else(|| panic!("{trace}: request_payload is NULL"))
+}
+
+#[tokio::test]
+async fn poison_payloads_are_recorded_and_forwarded_byte_exact() {
+    let db = TestDb::new().await;
+    let (up, seen) = recording_upstream(ok_json).await;
+    let proxy = Proxy::start(&config(&db, up, "")).await;
+    let poison = |ctype: &'static str, body: &[u8]| {
+        let body = body.to_vec();
+        let (proxy, db, seen) = (&proxy, &db, &seen);
+        async move { send_poison(proxy, db, seen, ctype, &body).await }
+    };
+
+    let stored = poison("text/plain", b"a\0b\0").await;
+    assert_eq!(stored, json!("a\u{FFFD}b\u{FFFD}"));
+    let stored = poison("application/json", br#"{"a":"x\u0000y"}"#).await;
+    assert_eq!(stored, json!({"a": "x\u{FFFD}y"}));
+    let stored = poison("application/json", br#"{"a":"\ud800"}"#).await;
+    assert_eq!(stored, json!(r#"{"a":"\ud800"}"#));
+    poison("application/json", b"{\"a\":\"\xff\xfe\xc3\"}").await;
+    poison("application/json", "[".repeat(10_000).as_bytes()).await;
+
+    let big = format!(r#"{{"blob":"{}"}}"#, "x".repeat(5_000_000));
+    let stored = poison("application/json", big.as_bytes()).await;
+    assert_eq!(stored["_truncated"]["original_bytes"], json!(big.len()));
+    let stored_len = stored.to_string().len();
+    assert!(stored_len < 2048, "stored {stored_len} bytes");
+    let sizes = db
+        .rows(
+            "SELECT max(pg_column_size(request_payload)), max(length(request_payload::text))
+             FROM communication_traces",
+        )
+        .await;
+    let (col, text) = (sizes[0].get::<_, i32>(0), sizes[0].get::<_, i32>(1));
+    assert!(
+        col < 2048 && text < 2048,
+        "column {col} B, text {text} chars"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn trace_id_comes_from_traceparent_or_is_generated() {
+    let db = TestDb::new().await;
+    let (up, seen) = recording_upstream(ok_json).await;
+    let proxy = Proxy::start(&config(&db, up, "")).await;
+
+    // (a) A valid traceparent supplies the trace id and travels upstream unchanged.
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let w3c = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let req = Request::get(proxy.url("/webhook/a"))
+        .header("traceparent", parent)
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let (parts, _) = send(req).await;
+    assert_eq!(header(&parts, "x-trace-id"), Some(w3c));
+    assert_eq!(seen_with_trace(&seen, w3c).headers["traceparent"], parent);
+    db.final_rows(w3c, 1).await;
+
+    // (b) No correlation headers: a fresh W3C trace id, used everywhere.
+    let req = Request::get(proxy.url("/webhook/b"))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let (parts, _) = send(req).await;
+    let generated = header(&parts, "x-trace-id").expect("x-trace-id").to_owned();
+    assert!(is_w3c_trace_id(&generated), "{generated}");
+    let got = seen_with_trace(&seen, &generated).headers;
+    let traceparent = got["traceparent"].to_str().expect("ASCII");
+    assert!(is_w3c_traceparent(traceparent), "{traceparent}");
+    assert_eq!(&traceparent[3..35], generated);
+    db.final_rows(&generated, 1).await;
+
+    // (c) An insane X-Trace-Id is replaced, not stored.
+    let insane = "a".repeat(130);
+    let (parts, _) = send(get(&proxy.url("/webhook/c"), &insane)).await;
+    let replaced = header(&parts, "x-trace-id").expect("x-trace-id").to_owned();
+    assert!(is_w3c_trace_id(&replaced), "{replaced}");
+    seen_with_trace(&seen, &replaced);
+    db.final_rows(&replaced, 1).await;
+    assert!(db.trace_rows(&insane).await.is_empty());
+
+    // (d) workflow_id from the n8n URL, else "unknown"; user_id falls back to "anonymous".
+    let (t17, tother) = (new_trace_id(), new_trace_id());
+    send(get(&proxy.url("/api/v1/workflows/17/activate"), &t17)).await;
+    send(get(&proxy.url("/other"), &tother)).await;
+    for (trace, workflow) in [(&t17, "17"), (&tother, "unknown")] {
+        let rows = db.final_rows(trace, 1).await;
+        assert_eq!(rows[0].get::<_, &str>("workflow_id"), workflow);
+        assert_eq!(rows[0].get::<_, &str>("user_id"), "anonymous");
+    }
+    proxy.stop().await;
+}
+
+/// DATA-002's columns: (name, data_type, is_nullable).
+const DATA_002_COLUMNS: [(&str, &str, &str); 18] = [
+    ("id", "uuid", "NO"),
+    ("trace_id", "text", "NO"),
+    ("execution_id", "uuid", "YES"),
+    ("attempt_number", "integer", "NO"),
+    ("source_service", "text", "NO"),
+    ("destination_service", "text", "NO"),
+    ("workflow_id", "text", "NO"),
+    ("action", "text", "YES"),
+    ("user_id", "text", "NO"),
+    ("requested_at", "timestamp without time zone", "NO"),
+    ("responded_at", "timestamp without time zone", "YES"),
+    ("duration_ms", "integer", "YES"),
+    ("request_payload", "jsonb", "YES"),
+    ("response_payload", "jsonb", "YES"),
+    ("overall_status", "text", "NO"),
+    ("error_code", "text", "YES"),
+    ("error_detail", "text", "YES"),
+    ("n8n_execution_id", "text", "YES"),
+];
+
+#[tokio::test]
+async fn spec_insert_and_column_types_match_data_002() {
+    let db = TestDb::new().await;
+    let (up, _) = recording_upstream(ok_json).await;
+    let proxy = Proxy::start(&config(&db, up, "")).await;
+    wait_for_migrations(&db).await;
+
+    // The insert drizzle issues with only the spec's required columns.
+    let requested_at = chrono::Utc::now().naive_utc();
+    let row = db
+        .client
+        .query_one(
+            "INSERT INTO communication_traces
+                 (trace_id, source_service, destination_service, workflow_id, user_id, requested_at)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             RETURNING id, attempt_number, overall_status",
+            &[
+                &"spec-1",
+                &"bilko-app",
+                &"n8n",
+                &"wf-1",
+                &"user-1",
+                &requested_at,
+            ],
+        )
+        .await
+        .expect("the spec's insert works");
+    assert_eq!(row.get::<_, uuid::Uuid>("id").get_version_num(), 4);
+    assert_eq!(row.get::<_, i32>("attempt_number"), 1);
+    assert_eq!(row.get::<_, &str>("overall_status"), "pending");
+
+    let columns = db
+        .client
+        .query(
+            "SELECT column_name::text, data_type::text, is_nullable::text, column_default::text
+             FROM information_schema.columns
+             WHERE table_schema = $1 AND table_name = 'communication_traces'",
+            &[&db.schema],
+        )
+        .await
+        .expect("columns");
+    let column = |name: &str| {
+        columns
+            .iter()
+            .find(|c| c.get::<_, &str>(0) == name)
+            .unwrap_or_else(|| panic!("column {name} missing"))
+    };
+    for (name, data_type, nullable) in DATA_002_COLUMNS {
+        let c = column(name);
+        assert_eq!(
+            (c.get::<_, &str>(1), c.get::<_, &str>(2)),
+            (data_type, nullable),
+            "{name}"
+        );
+    }
+    let default = |name: &str| column(name).get::<_, Option<String>>(3).unwrap_or_default();
+    assert!(
+        default("id").contains("gen_random_uuid()"),
+        "{}",
+        default("id")
+    );
+    assert_eq!(default("attempt_number"), "1");
+    assert_eq!(default("overall_status"), "'pending'::text");
+    for c in &columns {
+        let name: &str = c.get(0);
+        let extra = !DATA_002_COLUMNS.iter().any(|(n, _, _)| *n == name);
+        let addable = c.get::<_, &str>(2) == "YES" || c.get::<_, Option<&str>>(3).is_some();
+        assert!(
+            !extra || addable,
+            "extra column {name} breaks the spec's insert"
+        );
+    }
+
+    let indexes = db
+        .client
+        .query(
+            "SELECT indexname::text, indexdef FROM pg_indexes
+             WHERE schemaname = $1 AND tablename = 'communication_traces'",
+            &[&db.schema],
+        )
+        .await
+        .expect("indexes");
+    for (name, column) in [
+        ("idx_traces_trace_id", "trace_id"),
+        ("idx_traces_execution_id", "execution_id"),
+        ("idx_traces_workflow_id", "workflow_id"),
+        ("idx_traces_requested_at", "requested_at"),
+        ("idx_traces_status", "overall_status"),
+    ] {
+        let def: &str = indexes
+            .iter()
+            .find(|i| i.get::<_, &str>(0) == name)
+            .unwrap_or_else(|| panic!("index {name} missing"))
+            .get(1);
+        assert!(def.ends_with(&format!("btree ({column})")), "{def}");
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_migrations_apply_once() {
+    let db = TestDb::new().await;
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            let url = db.url();
+            tokio::spawn(async move {
+                let mut client = connect(&url).await;
+                trace_proxy::store::migrate(&mut client).await
+            })
+        })
+        .collect();
+    let mut applied = Vec::new();
+    for run in runs {
+        applied.extend(run.await.expect("task").expect("migrate"));
+    }
+    let expected: Vec<i32> = trace_proxy::store::MIGRATIONS.iter().map(|m| m.0).collect();
+    applied.sort_unstable();
+    assert_eq!(applied, expected, "each version applied by exactly one run");
+    let recorded = db
+        .rows("SELECT version, count(*) FROM trace_proxy_migrations GROUP BY version ORDER BY version")
+        .await;
+    let recorded: Vec<(i32, i64)> = recorded.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let once: Vec<(i32, i64)> = expected.iter().map(|v| (*v, 1)).collect();
+    assert_eq!(recorded, once);
+}

@@ -269,3 +269,239 @@ pub fn get(url: &str, trace_id: &str) -> Request<Full<Bytes>> {
 pub fn new_trace_id() -> String {
     format!("t-{}", uuid::Uuid::new_v4().simple())
 }
+
+/// What an upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub version: http::Version,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+/// Every request a recording upstream received, in arrival order.
+pub type SeenLog = Arc<std::sync::Mutex<Vec<Seen>>>;
+
+type BoxedResponse = std::pin::Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
+
+/// A handler that records each request (reading its whole body), then answers `respond()`.
+fn record_then(
+    log: SeenLog,
+    respond: fn() -> Response<Body>,
+) -> impl Fn(Request<Incoming>) -> BoxedResponse + Clone + Send + Sync + 'static {
+    move |req: Request<Incoming>| {
+        let log = log.clone();
+        Box::pin(async move {
+            let (parts, body) = req.into_parts();
+            let body = body.collect().await.expect("request body").to_bytes();
+            log.lock().expect("lock").push(Seen {
+                version: parts.version,
+                headers: parts.headers,
+                body,
+            });
+            respond()
+        }) as BoxedResponse
+    }
+}
+
+/// An HTTP/1.1 + h2c upstream that records every request and answers `respond()`.
+pub async fn recording_upstream(respond: fn() -> Response<Body>) -> (SocketAddr, SeenLog) {
+    let log = SeenLog::default();
+    (upstream(record_then(log.clone(), respond)).await, log)
+}
+
+/// The request the upstream saw with this `x-trace-id`.
+pub fn seen_with_trace(log: &SeenLog, trace_id: &str) -> Seen {
+    let seen = log.lock().expect("lock");
+    seen.iter()
+        .find(|s| s.headers.get("x-trace-id").is_some_and(|v| v == trace_id))
+        .cloned()
+        .unwrap_or_else(|| panic!("upstream never saw trace {trace_id}"))
+}
+
+/// A private CA and a server certificate it signed for `localhost` and `127.0.0.1`.
+pub struct TestPki {
+    pub ca_pem: String,
+    pub server: Arc<rustls::ServerConfig>,
+}
+
+pub fn localhost_pki() -> TestPki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "trace-proxy test CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key).expect("CA cert");
+    let issuer = Issuer::new(ca, ca_key);
+
+    let leaf_key = KeyPair::generate().expect("server key");
+    let mut leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .expect("server params");
+    leaf.distinguished_name
+        .push(DnType::CommonName, "localhost");
+    leaf.use_authority_key_identifier_extension = true;
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).expect("server cert");
+
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+    let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf_cert.der().clone()], key)
+    .expect("server TLS config");
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    TestPki {
+        ca_pem: ca_cert.pem(),
+        server: Arc::new(server),
+    }
+}
+
+/// An HTTPS upstream (HTTP/2 or HTTP/1.1 by ALPN) on 127.0.0.1:0 that records every request.
+pub async fn recording_tls_upstream(
+    tls: Arc<rustls::ServerConfig>,
+    respond: fn() -> Response<Body>,
+) -> (SocketAddr, SeenLog) {
+    let log = SeenLog::default();
+    let handler = record_then(log.clone(), respond);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind TLS upstream");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, handler) = (acceptor.clone(), handler.clone());
+            tokio::spawn(async move {
+                // A failed handshake (untrusted client) just ends this connection.
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(move |req| {
+                    let fut = handler(req);
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, log)
+}
+
+/// [`config`] with the route's upstream given as a whole base URL (e.g. `https://localhost:1`).
+pub fn config_with_upstream_url(db: &TestDb, upstream_url: &str, extra: &str) -> String {
+    format!(
+        r#"
+[database]
+url = "{url}"
+insert_timeout_ms = 5000
+[capture]
+max_payload_bytes = 1024
+{extra}
+[[routes]]
+name = "n8n"
+path_prefix = "/"
+upstream = "{upstream_url}"
+source_service = "bilko-app"
+destination_service = "n8n"
+action = "trigger-workflow"
+"#,
+        url = db.url()
+    )
+}
+
+/// A response read off a raw connection.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    /// Names lowercased, in wire order.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// The only value of header `name`; panics if it appears more than once.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let mut values = self.headers.iter().filter(|(n, _)| n == name);
+        let first = values.next().map(|(_, v)| v.as_str());
+        assert!(values.next().is_none(), "header {name} repeated: {self:?}");
+        first
+    }
+}
+
+/// Writes `request` verbatim to `addr` (send `Connection: close`) and reads the response to EOF.
+pub async fn raw_http(addr: SocketAddr, request: &str) -> RawResponse {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("write request");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .await
+        .expect("response within 10 s (did the request say Connection: close?)")
+        .expect("read response");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(&raw)));
+    let head = std::str::from_utf8(&raw[..split]).expect("ASCII response head");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    RawResponse {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    }
+}
+
+/// Waits until the proxy's startup migrations have created `communication_traces`.
+pub async fn wait_for_migrations(db: &TestDb) {
+    for _ in 0..200 {
+        let rows = db
+            .rows("SELECT to_regclass('communication_traces') IS NOT NULL")
+            .await;
+        if rows[0].get::<_, bool>(0) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("communication_traces was not created within 5 s");
+}
+
+/// True for a W3C `traceparent` (version 00, lowercase hex, non-zero ids).
+pub fn is_w3c_traceparent(v: &str) -> bool {
+    let parts: Vec<&str> = v.split('-').collect();
+    let hex = |s: &str, n: usize| {
+        s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    matches!(parts.as_slice(), [ver, trace, parent, flags]
+        if *ver == "00" && hex(trace, 32) && hex(parent, 16) && hex(flags, 2)
+            && trace.bytes().any(|b| b != b'0') && parent.bytes().any(|b| b != b'0'))
+}
+
+/// True for a generated W3C trace id: 32 lowercase hex digits.
+pub fn is_w3c_trace_id(v: &str) -> bool {
+    v.len() == 32 && v.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}

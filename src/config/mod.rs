@@ -87,6 +87,8 @@ pub struct DatabaseConfig {
     pub insert_timeout: Duration,
     pub writer_tasks: usize,
     pub max_batch_rows: usize,
+    /// How long a batch of final updates waits for an insert to share its commit.
+    pub finish_linger: Duration,
     pub run_migrations: bool,
 }
 
@@ -469,6 +471,7 @@ fn validate(
             insert_timeout: ms(d.insert_timeout_ms),
             writer_tasks: d.writer_tasks,
             max_batch_rows: d.max_batch_rows,
+            finish_linger: ms(d.finish_linger_ms),
             run_migrations: d.run_migrations,
         },
         capture: CaptureConfig {

@@ -51,6 +51,7 @@ pub struct RawDatabase {
     pub insert_timeout_ms: u64,
     pub writer_tasks: usize,
     pub max_batch_rows: usize,
+    pub finish_linger_ms: u64,
     pub run_migrations: bool,
 }
 
@@ -66,6 +67,7 @@ impl Default for RawDatabase {
             insert_timeout_ms: 3_000,
             writer_tasks: 2,
             max_batch_rows: 256,
+            finish_linger_ms: 5,
             run_migrations: true,
         }
     }

@@ -127,6 +127,7 @@ impl Store {
             rx,
             cfg.writer_tasks,
             cfg.max_batch_rows,
+            cfg.finish_linger,
             metrics,
         );
         (

@@ -4,13 +4,15 @@
 //! separate pooled connections. Statements are fixed (arrays + `unnest`), so each connection
 //! prepares them once.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use chrono::NaiveDateTime;
 use deadpool_postgres::Pool;
 use serde_json::Value;
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::{Op, StoreError};
@@ -27,8 +29,11 @@ SELECT * FROM unnest(
     $13::text[], $14::text[], $15::text[])
 ON CONFLICT (id) DO NOTHING";
 
-const FINISH: &str = "
-UPDATE communication_traces AS t SET
+/// The final update, its parameters numbered from `$first`.
+fn finish_sql(first: usize) -> String {
+    let p: Vec<String> = (first..first + 11).map(|i| format!("${i}")).collect();
+    format!(
+        "UPDATE communication_traces AS t SET
     responded_at = u.responded_at,
     duration_ms = u.duration_ms,
     response_payload = u.response_payload,
@@ -40,11 +45,27 @@ UPDATE communication_traces AS t SET
     request_bytes = u.request_bytes,
     response_bytes = u.response_bytes
 FROM unnest(
-    $1::uuid[], $2::timestamp[], $3::int4[], $4::jsonb[], $5::text[], $6::text[],
-    $7::text[], $8::text[], $9::int4[], $10::int8[], $11::int8[])
+    {}::uuid[], {}::timestamp[], {}::int4[], {}::jsonb[], {}::text[], {}::text[],
+    {}::text[], {}::text[], {}::int4[], {}::int8[], {}::int8[])
     AS u(id, responded_at, duration_ms, response_payload, overall_status, error_code,
          error_detail, n8n_execution_id, http_status, request_bytes, response_bytes)
-WHERE t.id = u.id";
+WHERE t.id = u.id",
+        p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10]
+    )
+}
+
+static FINISH: LazyLock<String> = LazyLock::new(|| finish_sql(1));
+
+/// Inserts and final updates of one batch in ONE statement, so they share a round trip and a
+/// commit. The update cannot see rows inserted by the same statement, and needs not: a finish
+/// is only queued after its row's insert committed.
+static INSERT_AND_FINISH: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH ins AS ({INSERT} RETURNING 1), fin AS ({} RETURNING 1)
+SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM fin)",
+        finish_sql(16)
+    )
+});
 
 /// Only rows still pending move to in_progress, so a late mark never overwrites a final status.
 const PROGRESS: &str = "
@@ -56,11 +77,20 @@ pub(super) fn spawn(
     rx: mpsc::UnboundedReceiver<Op>,
     tasks: usize,
     max_batch: usize,
+    linger: Duration,
     metrics: Arc<Metrics>,
 ) -> Vec<JoinHandle<()>> {
     let rx = Arc::new(Mutex::new(rx));
     (0..tasks)
-        .map(|_| tokio::spawn(run(pool.clone(), rx.clone(), max_batch, metrics.clone())))
+        .map(|_| {
+            tokio::spawn(run(
+                pool.clone(),
+                rx.clone(),
+                max_batch,
+                linger,
+                metrics.clone(),
+            ))
+        })
         .collect()
 }
 
@@ -68,6 +98,7 @@ async fn run(
     pool: Pool,
     rx: Arc<Mutex<mpsc::UnboundedReceiver<Op>>>,
     max_batch: usize,
+    linger: Duration,
     metrics: Arc<Metrics>,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
@@ -77,6 +108,20 @@ async fn run(
             let mut rx = rx.lock().await;
             if rx.recv_many(&mut batch, max_batch).await == 0 {
                 return;
+            }
+            // Final updates are not urgent: let them wait briefly for a pending insert, whose
+            // commit they then share (under sequential traffic the next request's insert
+            // follows within a fraction of a millisecond).
+            let deadline = tokio::time::Instant::now() + linger;
+            while !linger.is_zero()
+                && batch.len() < max_batch
+                && !batch.iter().any(|op| matches!(op, Op::Insert(..)))
+            {
+                let room = max_batch - batch.len();
+                match tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, room)).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
             }
         }
         Metrics::inc(&metrics.writer_batches);
@@ -190,35 +235,55 @@ async fn write_batch(pool: &Pool, batch: &mut Vec<Op>, metrics: &Metrics) {
         }
     };
 
-    // Three independent statements, pipelined on one connection: a finish never refers to a
-    // row inserted in the same batch, because it is only sent after that insert committed.
-    let insert = async {
-        if ins.id.is_empty() {
-            return Ok(0);
-        }
-        let stmt = client.prepare_cached(INSERT).await?;
-        client
-            .execute(
-                &stmt,
-                &[
-                    &ins.id,
-                    &ins.trace_id,
-                    &ins.execution_id,
-                    &ins.attempt,
-                    &ins.source,
-                    &ins.destination,
-                    &ins.workflow_id,
-                    &ins.action,
-                    &ins.user_id,
-                    &ins.requested_at,
-                    &ins.payload,
-                    &ins.n8n_execution_id,
-                    &ins.method,
-                    &ins.target,
-                    &ins.route,
-                ],
-            )
-            .await
+    // Inserts and finishes go in one statement (one commit); in_progress marks, rare, are
+    // pipelined beside it on the same connection.
+    let ins_params: [&(dyn ToSql + Sync); 15] = [
+        &ins.id,
+        &ins.trace_id,
+        &ins.execution_id,
+        &ins.attempt,
+        &ins.source,
+        &ins.destination,
+        &ins.workflow_id,
+        &ins.action,
+        &ins.user_id,
+        &ins.requested_at,
+        &ins.payload,
+        &ins.n8n_execution_id,
+        &ins.method,
+        &ins.target,
+        &ins.route,
+    ];
+    let fin_params: [&(dyn ToSql + Sync); 11] = [
+        &fin.id,
+        &fin.responded_at,
+        &fin.duration,
+        &fin.payload,
+        &fin.status,
+        &fin.error_code,
+        &fin.error_detail,
+        &fin.n8n_execution_id,
+        &fin.http_status,
+        &fin.request_bytes,
+        &fin.response_bytes,
+    ];
+    let write = async {
+        let (sql, params): (&str, Vec<&(dyn ToSql + Sync)>) =
+            match (ins.id.is_empty(), fin.id.is_empty()) {
+                (true, true) => return Ok(()),
+                (false, true) => (INSERT, ins_params.to_vec()),
+                (true, false) => (FINISH.as_str(), fin_params.to_vec()),
+                (false, false) => (
+                    INSERT_AND_FINISH.as_str(),
+                    ins_params
+                        .iter()
+                        .chain(fin_params.iter())
+                        .copied()
+                        .collect(),
+                ),
+            };
+        let stmt = client.prepare_cached(sql).await?;
+        client.execute(&stmt, &params).await.map(|_| ())
     };
     let mark = async {
         if progress.is_empty() {
@@ -227,31 +292,14 @@ async fn write_batch(pool: &Pool, batch: &mut Vec<Op>, metrics: &Metrics) {
         let stmt = client.prepare_cached(PROGRESS).await?;
         client.execute(&stmt, &[&progress]).await
     };
-    let finish = async {
-        if fin.id.is_empty() {
-            return Ok(0);
+    let (written, marked) = tokio::join!(write, mark);
+    let (inserted, finished) = match written {
+        Ok(()) => (Ok(()), Ok(())),
+        Err(e) => {
+            let e = StoreError::from(e);
+            (Err(StoreError::Db(e.to_string())), Err(e))
         }
-        let stmt = client.prepare_cached(FINISH).await?;
-        client
-            .execute(
-                &stmt,
-                &[
-                    &fin.id,
-                    &fin.responded_at,
-                    &fin.duration,
-                    &fin.payload,
-                    &fin.status,
-                    &fin.error_code,
-                    &fin.error_detail,
-                    &fin.n8n_execution_id,
-                    &fin.http_status,
-                    &fin.request_bytes,
-                    &fin.response_bytes,
-                ],
-            )
-            .await
     };
-    let (inserted, marked, finished) = tokio::join!(insert, mark, finish);
 
     match inserted {
         Ok(_) => {
@@ -263,7 +311,6 @@ async fn write_batch(pool: &Pool, batch: &mut Vec<Op>, metrics: &Metrics) {
             }
         }
         Err(e) => {
-            let e = StoreError::from(e);
             tracing::warn!(error = %e, rows = waiters.len(), "pending insert failed");
             fail(waiters, &e);
         }
@@ -277,7 +324,7 @@ async fn write_batch(pool: &Pool, batch: &mut Vec<Op>, metrics: &Metrics) {
                 .rows_finished
                 .fetch_add(fin.id.len() as u64, std::sync::atomic::Ordering::Relaxed);
         }
-        Err(e) => count_lost_finishes(metrics, &fin, &StoreError::from(e)),
+        Err(e) => count_lost_finishes(metrics, &fin, &e),
     }
 }
 

@@ -30,24 +30,11 @@ fn channel_body() -> (mpsc::Sender<Bytes>, Body) {
     (tx, StreamBody::new(stream).boxed())
 }
 
-/// A config recording into `db_url` with one route to `upstream`.
-fn config_at(db_url: &str, upstream: SocketAddr, extra: &str) -> String {
-    format!(
-        r#"
-[database]
-url = "{db_url}"
-insert_timeout_ms = 1000
-connect_timeout_ms = 500
-pool_wait_timeout_ms = 500
-{extra}
-[[routes]]
-name = "n8n"
-path_prefix = "/"
-upstream = "http://{upstream}"
-source_service = "bilko-app"
-destination_service = "n8n"
-"#
-    )
+/// A config recording into `db_url` (which may be unreachable, so with short store timeouts)
+/// with one route to `upstream`; `db_extra` goes into `[database]`.
+fn config_at(db_url: &str, upstream: SocketAddr, db_extra: &str) -> String {
+    let db_extra = format!("connect_timeout_ms = 500\npool_wait_timeout_ms = 500\n{db_extra}");
+    config_toml(db_url, &format!("http://{upstream}"), &db_extra, "")
 }
 
 fn counting_upstream_handler(

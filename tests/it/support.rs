@@ -217,23 +217,29 @@ impl Proxy {
 
 /// The config for one route to `upstream`, recording into `db`, plus `extra` TOML.
 pub fn config(db: &TestDb, upstream: SocketAddr, extra: &str) -> String {
+    config_toml(&db.url(), &format!("http://{upstream}"), "", extra)
+}
+
+/// A whole test config: `db_extra` goes into `[database]`, `extra` after `[capture]` (it may
+/// open tables of its own), then one route `n8n` to `upstream_url`.
+pub fn config_toml(db_url: &str, upstream_url: &str, db_extra: &str, extra: &str) -> String {
     format!(
         r#"
 [database]
-url = "{url}"
+url = "{db_url}"
 insert_timeout_ms = 5000
+{db_extra}
 [capture]
 max_payload_bytes = 1024
 {extra}
 [[routes]]
 name = "n8n"
 path_prefix = "/"
-upstream = "http://{upstream}"
+upstream = "{upstream_url}"
 source_service = "bilko-app"
 destination_service = "n8n"
 action = "trigger-workflow"
-"#,
-        url = db.url()
+"#
     )
 }
 
@@ -401,24 +407,7 @@ pub async fn recording_tls_upstream(
 
 /// [`config`] with the route's upstream given as a whole base URL (e.g. `https://localhost:1`).
 pub fn config_with_upstream_url(db: &TestDb, upstream_url: &str, extra: &str) -> String {
-    format!(
-        r#"
-[database]
-url = "{url}"
-insert_timeout_ms = 5000
-[capture]
-max_payload_bytes = 1024
-{extra}
-[[routes]]
-name = "n8n"
-path_prefix = "/"
-upstream = "{upstream_url}"
-source_service = "bilko-app"
-destination_service = "n8n"
-action = "trigger-workflow"
-"#,
-        url = db.url()
-    )
+    config_toml(&db.url(), upstream_url, "", extra)
 }
 
 /// A response read off a raw connection.

@@ -376,16 +376,32 @@ measure() {
 
 # Average latency of a single-row INSERT committed on its own: the floor for
 # a proxy that commits one row per request synchronously.
-measure_commit() {
-    local script="$TMP/commit.sql"
-    echo 'INSERT INTO bench_commit(v) VALUES (1);' >"$script"
-    log "pgbench: one INSERT per transaction, 1 client, 5 s"
-    "$PGBENCH" -n -c1 -T5 -f "$script" "$PROXY_DB_URL" >"$TMP/pgbench.txt" 2>&1 ||
+# Average latency (ms) of pgbench running the one-statement script $1, 1 client, 5 s.
+pgbench_ms() {
+    local script=$1 out="$TMP/pgbench.txt"
+    "$PGBENCH" -n -c1 -T5 -f "$script" "$PROXY_DB_URL" >"$out" 2>&1 ||
         {
-            cat "$TMP/pgbench.txt" >&2
+            cat "$out" >&2
             die "pgbench failed"
         }
-    COMMIT_MS=$(awk -F' = ' '/^latency average/ { split($2, a, " "); print a[1] }' "$TMP/pgbench.txt")
+    awk -F' = ' '/^latency average/ { split($2, a, " "); print a[1] }' "$out"
+}
+
+measure_commit() {
+    echo 'INSERT INTO bench_commit(v) VALUES (1);' >"$TMP/commit.sql"
+    log "pgbench: one INSERT per transaction, 1 client, 5 s"
+    COMMIT_MS=$(pgbench_ms "$TMP/commit.sql")
+    has_target trace-proxy || return 0
+    # What D1 itself must commit: one row into a copy of communication_traces with the same
+    # columns, defaults and six indexes (a copy, so the row counts below stay exact).
+    "$PSQL" -X -q -v ON_ERROR_STOP=1 "$PROXY_DB_URL" \
+        -c "CREATE TABLE d1_commit (LIKE communication_traces INCLUDING ALL)" >/dev/null
+    cat >"$TMP/d1.sql" <<'SQL'
+INSERT INTO d1_commit (id, trace_id, attempt_number, source_service, destination_service, workflow_id, user_id, requested_at, request_payload, http_method, http_target, route_name)
+VALUES (gen_random_uuid(), md5(random()::text), 1, 'bilko-app', 'n8n', 'bench', 'bench-user', now()::timestamp, '{"workflow":"bench","n":1}', 'POST', '/webhook/bench', 'bench');
+SQL
+    log "pgbench: one D1-shaped row per transaction, 1 client, 5 s"
+    D1_COMMIT_MS=$(pgbench_ms "$TMP/d1.sql")
 }
 
 # Prints the count, or "n/a" when the proxy's table is not there (yet).
@@ -444,6 +460,7 @@ print_comparisons() {
         echo "trace-proxy p50 - direct p50 (1 conn): n/a (needs both targets)"
     fi
     printf 'one commit (pgbench, 1 client, avg): %s ms\n' "$COMMIT_MS"
+    printf 'one D1-shaped commit (pgbench, 1 row into a copy of communication_traces, avg): %s ms\n' "$D1_COMMIT_MS"
 }
 
 print_rows() {
@@ -465,6 +482,7 @@ main() {
     validate_settings
     PROXY_DB_URL=$(bench_database_url)
     COMMIT_MS=n/a
+    D1_COMMIT_MS=n/a
     TMP=$(mktemp -d /tmp/trace-proxy-bench.XXXXXX)
     # nginx workers run as an unprivileged user and need to reach their
     # temp paths below $TMP.

@@ -93,8 +93,13 @@ pub fn pool(cfg: &DatabaseConfig) -> Result<Pool, StoreError> {
     pg.connect_timeout(cfg.connect_timeout);
     pg.keepalives(true);
     pg.keepalives_idle(Duration::from_secs(30));
-    // A hung statement must fail within a known time, server side.
-    let timeout = format!("-c statement_timeout={}", cfg.statement_timeout.as_millis());
+    // A hung statement must fail within a known time, server side. Statements are planned for
+    // their actual parameters every time: a generic plan cached while the table was small
+    // (sequential scans) would otherwise stay in use as it grows to millions of rows.
+    let timeout = format!(
+        "-c statement_timeout={} -c plan_cache_mode=force_custom_plan",
+        cfg.statement_timeout.as_millis()
+    );
     let options = match pg.get_options() {
         Some(existing) if !existing.is_empty() => format!("{existing} {timeout}"),
         _ => timeout,

@@ -250,3 +250,27 @@ async fn n_concurrent_requests_give_n_finished_rows_in_shared_batches() {
     );
     proxy.stop().await;
 }
+
+/// A generic plan cached while the table was small kept sequential scans in use as the table grew
+/// (one per final update): every store connection must plan with its actual parameters, and carry
+/// the statement timeout.
+#[tokio::test]
+async fn store_connections_plan_per_execution_and_time_out_statements() {
+    let db = TestDb::new().await;
+    let cfg =
+        trace_proxy::Config::from_toml_str(&config(&db, closed_port().await, "")).expect("config");
+    let pool = trace_proxy::store::pool(&cfg.database).expect("pool");
+    let conn = pool.get().await.expect("connection");
+    let show = |name: &'static str| {
+        let conn = &conn;
+        async move {
+            conn.query_one(&format!("SHOW {name}"), &[])
+                .await
+                .expect("show")
+                .get::<_, String>(0)
+        }
+    };
+    assert_eq!(show("plan_cache_mode").await, "force_custom_plan");
+    assert_eq!(show("statement_timeout").await, "5s");
+    assert_eq!(show("search_path").await, db.schema);
+}

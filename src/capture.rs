@@ -258,6 +258,70 @@ where
     (Ok(()), prefix)
 }
 
+/// A request body held whole in memory, so a retry can send it again.
+#[derive(Debug, Clone)]
+pub struct Replay {
+    frames: Vec<ReplayFrame>,
+    total: u64,
+}
+
+#[derive(Debug, Clone)]
+enum ReplayFrame {
+    Data(Bytes),
+    Trailers(http::HeaderMap),
+}
+
+impl<B> Prefix<B> {
+    /// The whole body as a replay buffer; `None` when part of it is still unread (larger than
+    /// the capture cap), since that part can be sent only once.
+    pub fn replay(&self) -> Option<Replay> {
+        if self.rest.is_some() {
+            return None;
+        }
+        let frames = self
+            .frames
+            .iter()
+            .filter_map(|f| match (f.data_ref(), f.trailers_ref()) {
+                (Some(d), _) => Some(ReplayFrame::Data(d.clone())),
+                (None, Some(t)) => Some(ReplayFrame::Trailers(t.clone())),
+                (None, None) => None,
+            })
+            .collect();
+        Some(Replay {
+            frames,
+            total: self.captured.total,
+        })
+    }
+}
+
+/// Reads a response body that will not reach the client (a retried attempt's), keeping at most
+/// `cap` bytes for its row. Stops at the cap or when no frame arrives within `idle`.
+pub async fn drain_capped<B>(mut body: B, cap: usize, idle: Duration) -> (BodyEnd, Captured)
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let mut captured = Captured::new(cap);
+    loop {
+        if body.is_end_stream() || captured.total >= cap as u64 {
+            return (BodyEnd::Complete, captured);
+        }
+        match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return (BodyEnd::IdleTimeout, captured),
+            Ok(None) => return (BodyEnd::Complete, captured),
+            Ok(Some(Err(e))) => {
+                let e: BoxError = e.into();
+                return (BodyEnd::Error(error_chain(&*e)), captured);
+            }
+            Ok(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    captured.observe(d);
+                }
+            }
+        }
+    }
+}
+
 pin_project! {
     /// The request body sent upstream: the prefix read for D1, then the rest as it streams.
     pub struct RequestBody<B> {
@@ -270,6 +334,25 @@ pin_project! {
 }
 
 impl<B: Body> RequestBody<B> {
+    /// A body sent again from its replay buffer.
+    pub fn replay(replay: &Replay, stats: Arc<RequestStats>) -> Self {
+        stats.bytes.store(replay.total, Ordering::Relaxed);
+        let frames = replay
+            .frames
+            .iter()
+            .map(|f| match f {
+                ReplayFrame::Data(d) => Frame::data(d.clone()),
+                ReplayFrame::Trailers(t) => Frame::trailers(t.clone()),
+            })
+            .collect();
+        Self {
+            frames,
+            rest: None,
+            limit: None,
+            stats,
+        }
+    }
+
     pub fn new(prefix: Prefix<B>, limit: Option<u64>, stats: Arc<RequestStats>) -> Self {
         stats.bytes.store(prefix.captured.total, Ordering::Relaxed);
         Self {
@@ -415,6 +498,22 @@ mod tests {
         let out = body.collect().await.expect("ok").to_bytes();
         assert_eq!(&out[..], b"abcdefghi");
         assert_eq!(stats.bytes.load(Ordering::Relaxed), 9);
+    }
+
+    #[tokio::test]
+    async fn replay_sends_the_same_bytes_again_and_only_whole_bodies_replay() {
+        let (_, prefix) =
+            read_prefix(chunks(&["ab", "cd"]), 16, None, Duration::from_secs(1)).await;
+        let replay = prefix.replay().expect("whole body");
+        for _ in 0..2 {
+            let stats = Arc::new(RequestStats::default());
+            let body = RequestBody::<TestStream>::replay(&replay, stats.clone());
+            assert_eq!(&body.collect().await.expect("ok").to_bytes()[..], b"abcd");
+            assert_eq!(stats.bytes.load(Ordering::Relaxed), 4);
+        }
+        let (_, big) =
+            read_prefix(chunks(&["ab", "cd", "ef"]), 3, None, Duration::from_secs(1)).await;
+        assert!(big.replay().is_none());
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@ pub mod capture;
 pub mod config;
 pub mod metrics;
 pub mod proxy;
+pub mod retry;
 pub mod sanitize;
 pub mod server;
 pub mod store;

@@ -18,6 +18,8 @@ pub struct Metrics {
     pub finish_failed: AtomicU64,
     /// Payloads stored with a truncation indicator.
     pub truncated_payloads: AtomicU64,
+    /// Attempts the proxy repeated (D3).
+    pub retries: AtomicU64,
     /// Writer batches and the rows they carried.
     pub writer_batches: AtomicU64,
     pub writer_ops: AtomicU64,
@@ -33,6 +35,7 @@ pub struct Snapshot {
     pub rejected_unavailable: u64,
     pub finish_failed: u64,
     pub truncated_payloads: u64,
+    pub retries: u64,
     pub writer_batches: u64,
     pub writer_ops: u64,
 }
@@ -52,6 +55,7 @@ impl Metrics {
             rejected_unavailable: g(&self.rejected_unavailable),
             finish_failed: g(&self.finish_failed),
             truncated_payloads: g(&self.truncated_payloads),
+            retries: g(&self.retries),
             writer_batches: g(&self.writer_batches),
             writer_ops: g(&self.writer_ops),
         }

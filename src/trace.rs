@@ -32,7 +32,6 @@ pub struct AttemptStart {
     pub id: Uuid,
     pub trace_id: String,
     pub execution_id: Option<Uuid>,
-    pub attempt_number: i32,
     pub source_service: String,
     pub destination_service: String,
     pub workflow_id: String,

@@ -162,6 +162,7 @@ pub struct Route {
     pub action: Option<String>,
     pub require_user_id: bool,
     pub strip_prefix: bool,
+    pub retry: crate::retry::RetryPolicy,
 }
 
 impl Config {
@@ -571,6 +572,19 @@ fn validate_routes(raw: &RawConfig, problems: &mut Vec<String>) -> Vec<Route> {
             ));
             continue;
         }
+        let retry = match crate::retry::RetryPolicy::try_new(
+            r.retry.max_attempts,
+            r.retry.retry_on_status.clone(),
+            r.retry.retry_non_idempotent,
+            r.retry.backoff_initial_ms,
+            r.retry.backoff_max_ms,
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                problems.push(format!("{at}: `retry`: {e}"));
+                continue;
+            }
+        };
         routes.push(Route {
             name: r.name.clone(),
             path_prefix: r.path_prefix.clone(),
@@ -582,6 +596,7 @@ fn validate_routes(raw: &RawConfig, problems: &mut Vec<String>) -> Vec<Route> {
             action: r.action.clone().filter(|a| !a.is_empty()),
             require_user_id: r.require_user_id,
             strip_prefix: r.strip_prefix,
+            retry,
         });
     }
     routes.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));

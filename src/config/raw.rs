@@ -204,6 +204,31 @@ pub struct RawRoute {
     pub require_user_id: bool,
     #[serde(default)]
     pub strip_prefix: bool,
+    #[serde(default)]
+    pub retry: RawRetry,
+}
+
+/// `[routes.retry]`: proxy-side retries (D3).
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RawRetry {
+    pub max_attempts: u32,
+    pub retry_on_status: Vec<u16>,
+    pub retry_non_idempotent: bool,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+impl Default for RawRetry {
+    fn default() -> Self {
+        Self {
+            max_attempts: 1,
+            retry_on_status: vec![502, 503, 504],
+            retry_non_idempotent: false,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 2000,
+        }
+    }
 }
 
 fn default_prefix() -> String {

@@ -134,7 +134,7 @@ pub fn original_host(parts: &http::request::Parts) -> Result<Option<HeaderValue>
 
 /// Builds the request sent upstream from the client's request parts.
 pub fn upstream_request(
-    mut parts: http::request::Parts,
+    original: &http::request::Parts,
     body: UpstreamBody,
     route: &Route,
     corr: &Correlation,
@@ -142,7 +142,7 @@ pub fn upstream_request(
     host: Option<HeaderValue>,
     peer: SocketAddr,
 ) -> Result<Request<UpstreamBody>, ProxyError> {
-    let path = parts.uri.path();
+    let path = original.uri.path();
     let rest = if route.strip_prefix {
         let r = &path[route.path_prefix.len().min(path.len())..];
         if r.starts_with('/') {
@@ -154,7 +154,7 @@ pub fn upstream_request(
         path.to_owned()
     };
     let mut target = format!("{}{}", route.upstream_base_path, rest);
-    if let Some(q) = parts.uri.query() {
+    if let Some(q) = original.uri.query() {
         target.push('?');
         target.push_str(q);
     }
@@ -166,7 +166,13 @@ pub fn upstream_request(
         .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
 
     let (ccfg, ucfg) = (&cfg.correlation, &cfg.upstream);
-    let headers = &mut parts.headers;
+    let mut req = Request::new(body);
+    *req.method_mut() = original.method.clone();
+    *req.uri_mut() = uri;
+    // The client picks HTTP/2 itself when ALPN negotiates it.
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = original.headers.clone();
+    let headers = req.headers_mut();
     strip_hop_by_hop(headers);
     headers.remove(header::HOST);
     // The proxy already answered `Expect: 100-continue` by reading the body prefix.
@@ -197,10 +203,7 @@ pub fn upstream_request(
     if let Ok(v) = HeaderValue::from_str(&corr.traceparent) {
         headers.insert("traceparent", v);
     }
-    parts.uri = uri;
-    // The client picks HTTP/2 itself when ALPN negotiates it.
-    parts.version = Version::HTTP_11;
-    Ok(Request::from_parts(parts, body))
+    Ok(req)
 }
 
 /// Classifies a failed upstream exchange (no response headers received).

@@ -20,16 +20,19 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::capture::{
-    read_prefix, BodyEnd, Captured, OnEnd, Prefix, PrefixError, RequestBody, RequestStats, TeeBody,
+    drain_capped, read_prefix, BodyEnd, Captured, OnEnd, Prefix, PrefixError, RequestBody,
+    RequestStats, TeeBody,
 };
 use crate::config::{Config, OnUnavailable};
 use crate::metrics::Metrics;
+use crate::retry::{self, Decision, Failure};
 use crate::sanitize::{payload_for_storage, redact_target, BodySample};
 use crate::store::{PendingInsert, Store};
 use crate::trace::{now_utc, AttemptFinish, AttemptStart, Status};
 use correlate::{correlate, Correlation};
-use error::ProxyError;
+use error::{Fault, ProxyError};
 use forward::UpstreamClient;
+use std::time::SystemTime;
 
 /// The response body: the upstream's, streamed through the capture; or a short local answer.
 pub type ProxyBody = Either<TeeBody<Incoming, FinishSink>, Full<Bytes>>;
@@ -101,7 +104,7 @@ pub async fn handle(
         }
     };
 
-    // 5. record start (D1): the pending row is committed before anything goes upstream.
+    // 5-9, once per attempt (D3): record start (D1), forward, retry?, respond, finish (D2).
     let request_payload = payload_for_storage(
         BodySample {
             bytes: &prefix.captured.bytes,
@@ -113,137 +116,172 @@ pub async fn handle(
         cap,
     );
     note_truncation(&app.metrics, &request_payload, &corr.trace_id, "request");
-    let id = Uuid::now_v7();
-    let start = AttemptStart {
-        id,
-        trace_id: corr.trace_id.clone(),
-        execution_id: corr.execution_id,
-        attempt_number: 1,
-        source_service: route.source_service.clone(),
-        destination_service: route.destination_service.clone(),
-        workflow_id: corr.workflow_id.clone(),
-        action: corr.action.clone(),
-        user_id: corr
-            .user_id
-            .clone()
-            .unwrap_or_else(|| cfg.correlation.default_user_id.clone()),
-        requested_at,
-        request_payload,
-        http_method: parts.method.to_string(),
-        http_target: redact_target(parts.uri.path(), parts.uri.query()),
-        route_name: route.name.clone(),
-        n8n_execution_id: corr.n8n_execution_id.clone(),
-    };
-    let stats = Arc::new(RequestStats::default());
-    let mut attempt = match app.store.begin(start) {
-        Ok(pending) => Attempt::new(
-            app.clone(),
-            id,
-            arrived,
-            Insert::Unknown(pending),
-            stats.clone(),
-            &corr,
-        ),
-        Err(e) => Attempt::new(
-            app.clone(),
-            id,
-            arrived,
-            Insert::Failed(e.to_string()),
-            stats.clone(),
-            &corr,
-        ),
-    };
-    if let Err(reason) = attempt.wait_recorded().await {
-        match cfg.database.on_unavailable {
-            OnUnavailable::Reject => {
-                Metrics::inc(&app.metrics.rejected_unavailable);
-                tracing::warn!(trace_id = %corr.trace_id, route = %route.name, error = %reason,
-                    "pending row not committed: request rejected, nothing forwarded");
-                let e = ProxyError::StoreUnavailable(reason);
-                attempt.fail(&e);
-                return local(&e, Some(&corr), &cfg);
-            }
-            OnUnavailable::Forward => {
-                Metrics::inc(&app.metrics.unrecorded);
-                tracing::warn!(trace_id = %corr.trace_id, route = %route.name, error = %reason,
-                    "pending row not committed: forwarding unrecorded");
+    let replay = prefix.replay();
+    let mut first_body = Some(prefix);
+    let policy = &route.retry;
+    let idle = cfg
+        .upstream
+        .idle_timeout
+        .unwrap_or(cfg.upstream.response_timeout);
+    let mut n: u32 = 0;
+    loop {
+        n += 1;
+        // 5. record start (D1): the pending row is committed before anything goes upstream.
+        let stats = Arc::new(RequestStats::default());
+        let start = AttemptStart {
+            id: Uuid::now_v7(),
+            trace_id: corr.trace_id.clone(),
+            execution_id: corr.execution_id,
+            source_service: route.source_service.clone(),
+            destination_service: route.destination_service.clone(),
+            workflow_id: corr.workflow_id.clone(),
+            action: corr.action.clone(),
+            user_id: corr
+                .user_id
+                .clone()
+                .unwrap_or_else(|| cfg.correlation.default_user_id.clone()),
+            requested_at: if n == 1 { requested_at } else { now_utc() },
+            request_payload: request_payload.clone(),
+            http_method: parts.method.to_string(),
+            http_target: redact_target(parts.uri.path(), parts.uri.query()),
+            route_name: route.name.clone(),
+            n8n_execution_id: corr.n8n_execution_id.clone(),
+        };
+        let began = if n == 1 { arrived } else { Instant::now() };
+        let mut attempt = Attempt::begin(app.clone(), start, began, stats.clone(), &corr);
+        if let Err(reason) = attempt.wait_recorded().await {
+            match cfg.database.on_unavailable {
+                OnUnavailable::Reject => {
+                    Metrics::inc(&app.metrics.rejected_unavailable);
+                    tracing::warn!(trace_id = %corr.trace_id, route = %route.name, error = %reason,
+                        "pending row not committed: request rejected, nothing forwarded");
+                    let e = ProxyError::StoreUnavailable(reason);
+                    return attempt.fail_locally(e, &corr);
+                }
+                OnUnavailable::Forward => {
+                    Metrics::inc(&app.metrics.unrecorded);
+                    tracing::warn!(trace_id = %corr.trace_id, route = %route.name, error = %reason,
+                        "pending row not committed: forwarding unrecorded");
+                }
             }
         }
-    }
-    if let Some(e) = early {
-        attempt.fail(&e);
-        return local(&e, Some(&corr), &cfg);
-    }
+        if let Some(e) = early.take() {
+            return attempt.fail_locally(e, &corr);
+        }
 
-    // 6. forward
-    let body = RequestBody::new(prefix, limit, stats.clone());
-    let upstream_req = match forward::upstream_request(parts, body, route, &corr, &cfg, host, peer)
-    {
-        Ok(r) => r,
-        Err(e) => {
-            attempt.fail(&e);
-            return local(&e, Some(&corr), &cfg);
+        // 6. forward
+        let body = match (first_body.take(), &replay) {
+            (Some(prefix), _) => RequestBody::new(prefix, limit, stats.clone()),
+            (None, Some(replay)) => RequestBody::replay(replay, stats.clone()),
+            (None, None) => {
+                // `decide` never retries a body without a replay buffer.
+                let e = ProxyError::UpstreamAborted("request body cannot be sent again".into());
+                return attempt.fail_locally(e, &corr);
+            }
+        };
+        let upstream_req =
+            match forward::upstream_request(&parts, body, route, &corr, &cfg, host.clone(), peer) {
+                Ok(r) => r,
+                Err(e) => return attempt.fail_locally(e, &corr),
+            };
+        attempt.forwarded_at = Some(Instant::now());
+        let timeout = cfg.upstream.response_timeout;
+        let (e, failure) = match tokio::time::timeout(timeout, app.client.request(upstream_req))
+            .await
+        {
+            Ok(Ok(resp)) => {
+                // 7. retry? on a listed status, when safe.
+                let status = resp.status().as_u16();
+                if status >= 400 {
+                    match policy.decide(n, &parts.method, replay.is_some(), Failure::Status(status))
+                    {
+                        Decision::Retry => {
+                            let wait = policy
+                                .backoff(n, retry::retry_after(resp.headers(), SystemTime::now()));
+                            let (rparts, rbody) = resp.into_parts();
+                            let meta = ResponseMeta::new(&rparts.headers, rparts.status, &cfg);
+                            let (end, captured) = drain_capped(rbody, cap, idle).await;
+                            attempt.finish(
+                                Outcome::streamed(&meta, end, captured, cap)
+                                    .with_note(retrying(wait)),
+                            );
+                            Metrics::inc(&app.metrics.retries);
+                            tokio::time::sleep(wait).await;
+                            continue;
+                        }
+                        Decision::Stop(note) => attempt.retry_note = note,
+                    }
+                }
+                // 8. respond: headers now, body frame by frame through the capture.
+                return attempt.respond(resp, &corr);
+            }
+            Ok(Err(err)) => {
+                let over = stats
+                    .over_limit
+                    .load(Ordering::Relaxed)
+                    .then_some(limit)
+                    .flatten();
+                let failure = if err.is_connect() {
+                    Failure::NotSent
+                } else {
+                    Failure::AfterSend
+                };
+                (forward::classify(&err, over), failure)
+            }
+            Err(_) => (
+                ProxyError::UpstreamTimeout(timeout.as_millis()),
+                Failure::AfterSend,
+            ),
+        };
+        tracing::info!(trace_id = %corr.trace_id, route = %route.name, attempt = n, error = %e,
+            "upstream exchange failed");
+        if e.fault() == Fault::Upstream {
+            match policy.decide(n, &parts.method, replay.is_some(), failure) {
+                Decision::Retry => {
+                    let wait = policy.backoff(n, None);
+                    attempt.finish(Outcome::error(&e).with_note(retrying(wait)));
+                    Metrics::inc(&app.metrics.retries);
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                Decision::Stop(note) => attempt.retry_note = note,
+            }
         }
-    };
-    attempt.forwarded_at = Some(Instant::now());
-    let timeout = cfg.upstream.response_timeout;
-    let resp = match tokio::time::timeout(timeout, app.client.request(upstream_req)).await {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(err)) => {
-            let over = stats
-                .over_limit
-                .load(Ordering::Relaxed)
-                .then_some(limit)
-                .flatten();
-            let e = forward::classify(&err, over);
-            tracing::info!(trace_id = %corr.trace_id, route = %route.name, error = %e, "upstream exchange failed");
-            attempt.fail(&e);
-            return local(&e, Some(&corr), &cfg);
-        }
-        Err(_) => {
-            let e = ProxyError::UpstreamTimeout(timeout.as_millis());
-            tracing::info!(trace_id = %corr.trace_id, route = %route.name, error = %e, "upstream timeout");
-            attempt.fail(&e);
-            return local(&e, Some(&corr), &cfg);
-        }
-    };
+        return attempt.fail_locally(e, &corr);
+    }
+}
 
-    // 8. respond: headers now, body frame by frame through the capture.
-    let (mut rparts, rbody) = resp.into_parts();
-    forward::strip_hop_by_hop(&mut rparts.headers);
-    let meta = ResponseMeta {
-        status: rparts.status,
-        content_type: header_str(&rparts.headers, header::CONTENT_TYPE).map(str::to_owned),
-        content_encoding: header_str(&rparts.headers, header::CONTENT_ENCODING).map(str::to_owned),
-        n8n_execution_id: header_str(&rparts.headers, &cfg.correlation.n8n_execution_id_header)
-            .map(str::to_owned),
-    };
-    add_correlation_headers(&mut rparts.headers, &corr, &cfg);
-    // 9. finish (D2) happens when the body ends, fails or is dropped.
-    let sink = attempt.stream(meta);
-    let body = TeeBody::new(rbody, cap, cfg.upstream.idle_timeout, sink);
-    Response::from_parts(rparts, Either::Left(body))
+fn retrying(wait: std::time::Duration) -> String {
+    format!("retrying in {} ms", wait.as_millis())
 }
 
 fn header_str(headers: &http::HeaderMap, name: impl http::header::AsHeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-fn add_correlation_headers(headers: &mut http::HeaderMap, corr: &Correlation, cfg: &Config) {
+fn add_correlation_headers(
+    headers: &mut http::HeaderMap,
+    corr: &Correlation,
+    attempt_number: Option<i32>,
+    cfg: &Config,
+) {
     if let Ok(v) = HeaderValue::from_str(&corr.trace_id) {
         headers.insert(cfg.correlation.trace_id_header.clone(), v);
     }
-    headers.insert(
-        cfg.correlation.attempt_header.clone(),
-        HeaderValue::from_static("1"),
-    );
+    if let Some(n) = attempt_number {
+        headers.insert(cfg.correlation.attempt_header.clone(), HeaderValue::from(n));
+    }
 }
 
 /// A locally generated answer (no upstream response), with the correlation headers.
-fn local(e: &ProxyError, corr: Option<&Correlation>, cfg: &Config) -> Response<ProxyBody> {
+fn local(
+    e: &ProxyError,
+    corr: Option<(&Correlation, Option<i32>)>,
+    cfg: &Config,
+) -> Response<ProxyBody> {
     let (mut parts, body) = e.to_response().into_parts();
-    if let Some(corr) = corr {
-        add_correlation_headers(&mut parts.headers, corr, cfg);
+    if let Some((corr, number)) = corr {
+        add_correlation_headers(&mut parts.headers, corr, number, cfg);
     }
     Response::from_parts(parts, Either::Right(body))
 }
@@ -278,6 +316,10 @@ struct Attempt {
     stats: Arc<RequestStats>,
     trace_id: String,
     path_n8n_execution_id: Option<String>,
+    /// The attempt number the store gave the row (known once committed).
+    number: Option<i32>,
+    /// Why a failure was not retried although retries are configured.
+    retry_note: Option<String>,
 }
 
 /// Response facts kept for the final update.
@@ -286,6 +328,18 @@ struct ResponseMeta {
     content_type: Option<String>,
     content_encoding: Option<String>,
     n8n_execution_id: Option<String>,
+}
+
+impl ResponseMeta {
+    fn new(headers: &http::HeaderMap, status: StatusCode, cfg: &Config) -> Self {
+        ResponseMeta {
+            status,
+            content_type: header_str(headers, header::CONTENT_TYPE).map(str::to_owned),
+            content_encoding: header_str(headers, header::CONTENT_ENCODING).map(str::to_owned),
+            n8n_execution_id: header_str(headers, &cfg.correlation.n8n_execution_id_header)
+                .map(str::to_owned),
+        }
+    }
 }
 
 /// What the final update says.
@@ -300,6 +354,17 @@ struct Outcome {
 }
 
 impl Outcome {
+    /// Appends a note (retry decision) to the detail of a failure.
+    fn with_note(mut self, note: String) -> Self {
+        if self.status == Status::Failed {
+            self.error_detail = Some(match self.error_detail.take() {
+                Some(d) => format!("{d}; {note}"),
+                None => note,
+            });
+        }
+        self
+    }
+
     fn error(e: &ProxyError) -> Self {
         Outcome {
             status: Status::Failed,
@@ -380,23 +445,30 @@ impl Outcome {
 }
 
 impl Attempt {
-    fn new(
+    /// Queues the pending row (D1); [`Attempt::wait_recorded`] waits for its commit.
+    fn begin(
         app: Arc<App>,
-        id: Uuid,
-        arrived: Instant,
-        insert: Insert,
+        start: AttemptStart,
+        began: Instant,
         stats: Arc<RequestStats>,
         corr: &Correlation,
     ) -> Self {
+        let id = start.id;
+        let insert = match app.store.begin(start) {
+            Ok(pending) => Insert::Unknown(pending),
+            Err(e) => Insert::Failed(e.to_string()),
+        };
         Attempt {
             app,
             id,
-            arrived,
+            arrived: began,
             forwarded_at: None,
             insert: Some(insert),
             stats,
             trace_id: corr.trace_id.clone(),
             path_n8n_execution_id: corr.n8n_execution_id.clone(),
+            number: None,
+            retry_note: None,
         }
     }
 
@@ -413,8 +485,9 @@ impl Attempt {
             None => return Err("attempt already finished".into()),
         };
         match result {
-            Ok(()) => {
+            Ok(number) => {
                 self.insert = Some(Insert::Committed);
+                self.number = Some(number);
                 Ok(())
             }
             Err(e) => {
@@ -425,8 +498,28 @@ impl Attempt {
         }
     }
 
-    fn fail(mut self, e: &ProxyError) {
-        self.finish(Outcome::error(e));
+    /// Finishes the attempt as failed with `e` and answers the client locally.
+    fn fail_locally(mut self, e: ProxyError, corr: &Correlation) -> Response<ProxyBody> {
+        self.finish(Outcome::error(&e));
+        local(&e, Some((corr, self.number)), &self.app.config)
+    }
+
+    /// The final response: headers now, the body streamed through the capture; the attempt
+    /// finishes (D2) when the body ends, fails or is dropped.
+    fn respond(self, resp: Response<Incoming>, corr: &Correlation) -> Response<ProxyBody> {
+        let cfg = self.app.config.clone();
+        let (mut parts, body) = resp.into_parts();
+        forward::strip_hop_by_hop(&mut parts.headers);
+        let meta = ResponseMeta::new(&parts.headers, parts.status, &cfg);
+        add_correlation_headers(&mut parts.headers, corr, self.number, &cfg);
+        let sink = self.stream(meta);
+        let body = TeeBody::new(
+            body,
+            cfg.capture.max_payload_bytes,
+            cfg.upstream.idle_timeout,
+            sink,
+        );
+        Response::from_parts(parts, Either::Left(body))
     }
 
     /// Hands the attempt to a task that finishes it when the response body ends.
@@ -464,6 +557,10 @@ impl Attempt {
         let Some(insert) = self.insert.take() else {
             return;
         };
+        let outcome = match self.retry_note.take() {
+            Some(note) => outcome.with_note(note),
+            None => outcome,
+        };
         let duration = self.forwarded_at.unwrap_or(self.arrived).elapsed();
         note_truncation(
             &self.app.metrics,
@@ -498,7 +595,7 @@ impl Attempt {
             Insert::Unknown(mut pending) => {
                 if let Ok(rt) = tokio::runtime::Handle::try_current() {
                     rt.spawn(async move {
-                        if let Some(Ok(())) = pending.wait(None).await {
+                        if let Some(Ok(_)) = pending.wait(None).await {
                             submit(&store, &metrics, finish);
                         }
                     });

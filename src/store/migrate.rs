@@ -17,6 +17,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "http_columns",
         include_str!("../../sql/0002_http_columns.sql"),
     ),
+    (
+        3,
+        "attempt_unique",
+        include_str!("../../sql/0003_attempt_unique.sql"),
+    ),
 ];
 
 /// Arbitrary constant identifying the migration lock among advisory locks.

@@ -46,7 +46,7 @@ impl From<deadpool_postgres::PoolError> for StoreError {
 
 /// One unit of work for the writer.
 pub(crate) enum Op {
-    Insert(Box<AttemptStart>, oneshot::Sender<Result<(), StoreError>>),
+    Insert(Box<AttemptStart>, oneshot::Sender<Result<i32, StoreError>>),
     Progress(Uuid),
     Finish(Box<AttemptFinish>),
 }
@@ -60,13 +60,14 @@ pub struct Store {
 }
 
 /// The outcome of a queued pending insert.
-pub struct PendingInsert(oneshot::Receiver<Result<(), StoreError>>);
+pub struct PendingInsert(oneshot::Receiver<Result<i32, StoreError>>);
 
 impl PendingInsert {
-    /// Waits for the commit (or its failure); `None` when `limit` passed first, in which case
-    /// the insert may still commit later and `self` can be awaited again.
-    pub async fn wait(&mut self, limit: Option<Duration>) -> Option<Result<(), StoreError>> {
-        let flat = |r: Result<Result<(), StoreError>, _>| r.unwrap_or(Err(StoreError::Closed));
+    /// Waits for the commit (or its failure) and the attempt number the row got; `None` when
+    /// `limit` passed first, in which case the insert may still commit later and `self` can be
+    /// awaited again.
+    pub async fn wait(&mut self, limit: Option<Duration>) -> Option<Result<i32, StoreError>> {
+        let flat = |r: Result<Result<i32, StoreError>, _>| r.unwrap_or(Err(StoreError::Closed));
         match limit {
             Some(d) => tokio::time::timeout(d, &mut self.0).await.ok().map(flat),
             None => Some(flat((&mut self.0).await)),

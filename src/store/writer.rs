@@ -3,31 +3,62 @@
 //! updates of many requests share one statement. Several writer tasks pipeline batches over
 //! separate pooled connections. Statements are fixed (arrays + `unnest`), so each connection
 //! prepares them once.
+//!
+//! Attempt numbers are assigned here, atomically: each row gets one more than the highest number
+//! its trace already has (rows of one trace within a batch count up in arrival order). When a
+//! concurrent batch took the same number, the unique index `(trace_id, attempt_number)` makes
+//! the row conflict; it is left out (`ON CONFLICT DO NOTHING`) and numbered again in the next
+//! round, so numbers stay distinct and gap-free.
 
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use chrono::NaiveDateTime;
 use deadpool_postgres::Pool;
 use serde_json::Value;
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::task::JoinHandle;
 use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::{Op, StoreError};
 use crate::metrics::Metrics;
+use crate::trace::{AttemptFinish, AttemptStart};
 
 const INSERT: &str = "
 INSERT INTO communication_traces (
     id, trace_id, execution_id, attempt_number, source_service, destination_service,
     workflow_id, action, user_id, requested_at, request_payload, n8n_execution_id,
     http_method, http_target, route_name)
-SELECT * FROM unnest(
-    $1::uuid[], $2::text[], $3::uuid[], $4::int4[], $5::text[], $6::text[],
-    $7::text[], $8::text[], $9::text[], $10::timestamp[], $11::jsonb[], $12::text[],
-    $13::text[], $14::text[], $15::text[])
-ON CONFLICT (id) DO NOTHING";
+SELECT u.id, u.trace_id, u.execution_id,
+    (COALESCE((SELECT max(c.attempt_number) FROM communication_traces c
+               WHERE c.trace_id = u.trace_id), 0)
+     + row_number() OVER (PARTITION BY u.trace_id ORDER BY u.ord))::int4,
+    u.source_service, u.destination_service, u.workflow_id, u.action, u.user_id,
+    u.requested_at, u.request_payload, u.n8n_execution_id, u.http_method, u.http_target,
+    u.route_name
+FROM unnest(
+    $1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[],
+    $8::text[], $9::timestamp[], $10::jsonb[], $11::text[], $12::text[], $13::text[],
+    $14::text[]) WITH ORDINALITY
+    AS u(id, trace_id, execution_id, source_service, destination_service, workflow_id,
+         action, user_id, requested_at, request_payload, n8n_execution_id, http_method,
+         http_target, route_name, ord)
+ON CONFLICT DO NOTHING
+RETURNING id, attempt_number";
+
+/// Parameters of [`INSERT`].
+const INSERT_PARAMS: usize = 14;
+
+/// Rows already stored (an insert sent again): their numbers; nothing is inserted.
+const EXISTING: &str =
+    "SELECT id, attempt_number FROM communication_traces WHERE id = ANY($1::uuid[])";
+
+/// Rounds of renumbering before a contended insert is reported as failed.
+const MAX_ROUNDS: usize = 8;
 
 /// The final update, its parameters numbered from `$first`.
 fn finish_sql(first: usize) -> String {
@@ -61,9 +92,9 @@ static FINISH: LazyLock<String> = LazyLock::new(|| finish_sql(1));
 /// is only queued after its row's insert committed.
 static INSERT_AND_FINISH: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "WITH ins AS ({INSERT} RETURNING 1), fin AS ({} RETURNING 1)
-SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM fin)",
-        finish_sql(16)
+        "WITH ins AS ({INSERT}), fin AS ({} RETURNING 1)
+SELECT id, attempt_number FROM ins",
+        finish_sql(INSERT_PARAMS + 1)
     )
 });
 
@@ -127,18 +158,18 @@ async fn run(
         Metrics::inc(&metrics.writer_batches);
         metrics
             .writer_ops
-            .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         write_batch(&pool, &mut batch, &metrics).await;
         batch.clear();
     }
 }
 
+/// Pending rows of one batch, column by column, with who waits for each.
 #[derive(Default)]
 struct Inserts {
     id: Vec<Uuid>,
     trace_id: Vec<String>,
     execution_id: Vec<Option<Uuid>>,
-    attempt: Vec<i32>,
     source: Vec<String>,
     destination: Vec<String>,
     workflow_id: Vec<String>,
@@ -150,6 +181,95 @@ struct Inserts {
     method: Vec<String>,
     target: Vec<String>,
     route: Vec<String>,
+    waiters: Vec<Option<oneshot::Sender<Result<i32, StoreError>>>>,
+}
+
+impl Inserts {
+    fn push(&mut self, s: AttemptStart, done: oneshot::Sender<Result<i32, StoreError>>) {
+        self.id.push(s.id);
+        self.trace_id.push(text(s.trace_id));
+        self.execution_id.push(s.execution_id);
+        self.source.push(text(s.source_service));
+        self.destination.push(text(s.destination_service));
+        self.workflow_id.push(text(s.workflow_id));
+        self.action.push(opt_text(s.action));
+        self.user_id.push(text(s.user_id));
+        self.requested_at.push(s.requested_at);
+        self.payload.push(s.request_payload);
+        self.n8n_execution_id.push(opt_text(s.n8n_execution_id));
+        self.method.push(text(s.http_method));
+        self.target.push(text(s.http_target));
+        self.route.push(text(s.route_name));
+        self.waiters.push(Some(done));
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); INSERT_PARAMS] {
+        [
+            &self.id,
+            &self.trace_id,
+            &self.execution_id,
+            &self.source,
+            &self.destination,
+            &self.workflow_id,
+            &self.action,
+            &self.user_id,
+            &self.requested_at,
+            &self.payload,
+            &self.n8n_execution_id,
+            &self.method,
+            &self.target,
+            &self.route,
+        ]
+    }
+
+    /// The rows at `idx`, waiters moved along.
+    fn take(&mut self, idx: &[usize]) -> Inserts {
+        let mut out = Inserts::default();
+        for &i in idx {
+            out.id.push(self.id[i]);
+            out.trace_id.push(self.trace_id[i].clone());
+            out.execution_id.push(self.execution_id[i]);
+            out.source.push(self.source[i].clone());
+            out.destination.push(self.destination[i].clone());
+            out.workflow_id.push(self.workflow_id[i].clone());
+            out.action.push(self.action[i].clone());
+            out.user_id.push(self.user_id[i].clone());
+            out.requested_at.push(self.requested_at[i]);
+            out.payload.push(self.payload[i].take());
+            out.n8n_execution_id.push(self.n8n_execution_id[i].clone());
+            out.method.push(self.method[i].clone());
+            out.target.push(self.target[i].clone());
+            out.route.push(self.route[i].clone());
+            out.waiters.push(self.waiters[i].take());
+        }
+        out
+    }
+
+    /// Answers the waiters of the rows in `rows` (id, attempt_number) with their numbers.
+    fn resolve(&mut self, rows: &[Row], metrics: &Metrics) {
+        let index: HashMap<Uuid, usize> =
+            self.id.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        for row in rows {
+            let (id, number): (Uuid, i32) = (row.get(0), row.get(1));
+            if let Some(done) = index.get(&id).and_then(|&i| self.waiters[i].take()) {
+                metrics.rows_started.fetch_add(1, Ordering::Relaxed);
+                let _ = done.send(Ok(number));
+            }
+        }
+    }
+
+    /// Indexes of rows nobody has answered yet.
+    fn unanswered(&self) -> Vec<usize> {
+        (0..self.id.len())
+            .filter(|&i| self.waiters[i].is_some())
+            .collect()
+    }
+
+    fn fail(&mut self, e: &StoreError) {
+        for done in self.waiters.iter_mut().filter_map(Option::take) {
+            let _ = done.send(Err(StoreError::Db(e.to_string())));
+        }
+    }
 }
 
 #[derive(Default)]
@@ -167,6 +287,38 @@ struct Finishes {
     response_bytes: Vec<i64>,
 }
 
+impl Finishes {
+    fn push(&mut self, f: AttemptFinish) {
+        self.id.push(f.id);
+        self.responded_at.push(f.responded_at);
+        self.duration.push(f.duration_ms);
+        self.payload.push(f.response_payload);
+        self.status.push(f.status.as_str());
+        self.error_code.push(opt_text(f.error_code));
+        self.error_detail.push(opt_text(f.error_detail));
+        self.n8n_execution_id.push(opt_text(f.n8n_execution_id));
+        self.http_status.push(f.http_status);
+        self.request_bytes.push(f.request_bytes);
+        self.response_bytes.push(f.response_bytes);
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 11] {
+        [
+            &self.id,
+            &self.responded_at,
+            &self.duration,
+            &self.payload,
+            &self.status,
+            &self.error_code,
+            &self.error_detail,
+            &self.n8n_execution_id,
+            &self.http_status,
+            &self.request_bytes,
+            &self.response_bytes,
+        ]
+    }
+}
+
 /// PostgreSQL text rejects NUL; the rest of a string is kept.
 fn text(s: String) -> String {
     if s.contains('\0') {
@@ -182,45 +334,13 @@ fn opt_text(s: Option<String>) -> Option<String> {
 
 async fn write_batch(pool: &Pool, batch: &mut Vec<Op>, metrics: &Metrics) {
     let mut ins = Inserts::default();
-    let mut waiters = Vec::new();
     let mut fin = Finishes::default();
     let mut progress = Vec::new();
     for op in batch.drain(..) {
         match op {
-            Op::Insert(s, done) => {
-                let s = *s;
-                ins.id.push(s.id);
-                ins.trace_id.push(text(s.trace_id));
-                ins.execution_id.push(s.execution_id);
-                ins.attempt.push(s.attempt_number);
-                ins.source.push(text(s.source_service));
-                ins.destination.push(text(s.destination_service));
-                ins.workflow_id.push(text(s.workflow_id));
-                ins.action.push(opt_text(s.action));
-                ins.user_id.push(text(s.user_id));
-                ins.requested_at.push(s.requested_at);
-                ins.payload.push(s.request_payload);
-                ins.n8n_execution_id.push(opt_text(s.n8n_execution_id));
-                ins.method.push(text(s.http_method));
-                ins.target.push(text(s.http_target));
-                ins.route.push(text(s.route_name));
-                waiters.push(done);
-            }
+            Op::Insert(s, done) => ins.push(*s, done),
             Op::Progress(id) => progress.push(id),
-            Op::Finish(f) => {
-                let f = *f;
-                fin.id.push(f.id);
-                fin.responded_at.push(f.responded_at);
-                fin.duration.push(f.duration_ms);
-                fin.payload.push(f.response_payload);
-                fin.status.push(f.status.as_str());
-                fin.error_code.push(opt_text(f.error_code));
-                fin.error_detail.push(opt_text(f.error_detail));
-                fin.n8n_execution_id.push(opt_text(f.n8n_execution_id));
-                fin.http_status.push(f.http_status);
-                fin.request_bytes.push(f.request_bytes);
-                fin.response_bytes.push(f.response_bytes);
-            }
+            Op::Finish(f) => fin.push(*f),
         }
     }
 
@@ -228,8 +348,8 @@ async fn write_batch(pool: &Pool, batch: &mut Vec<Op>, metrics: &Metrics) {
         Ok(c) => c,
         Err(e) => {
             let e = StoreError::from(e);
-            tracing::warn!(error = %e, inserts = waiters.len(), finishes = fin.id.len(), "store unavailable");
-            fail(waiters, &e);
+            tracing::warn!(error = %e, inserts = ins.id.len(), finishes = fin.id.len(), "store unavailable");
+            ins.fail(&e);
             count_lost_finishes(metrics, &fin, &e);
             return;
         }
@@ -237,40 +357,12 @@ async fn write_batch(pool: &Pool, batch: &mut Vec<Op>, metrics: &Metrics) {
 
     // Inserts and finishes go in one statement (one commit); in_progress marks, rare, are
     // pipelined beside it on the same connection.
-    let ins_params: [&(dyn ToSql + Sync); 15] = [
-        &ins.id,
-        &ins.trace_id,
-        &ins.execution_id,
-        &ins.attempt,
-        &ins.source,
-        &ins.destination,
-        &ins.workflow_id,
-        &ins.action,
-        &ins.user_id,
-        &ins.requested_at,
-        &ins.payload,
-        &ins.n8n_execution_id,
-        &ins.method,
-        &ins.target,
-        &ins.route,
-    ];
-    let fin_params: [&(dyn ToSql + Sync); 11] = [
-        &fin.id,
-        &fin.responded_at,
-        &fin.duration,
-        &fin.payload,
-        &fin.status,
-        &fin.error_code,
-        &fin.error_detail,
-        &fin.n8n_execution_id,
-        &fin.http_status,
-        &fin.request_bytes,
-        &fin.response_bytes,
-    ];
     let write = async {
+        let ins_params = ins.params();
+        let fin_params = fin.params();
         let (sql, params): (&str, Vec<&(dyn ToSql + Sync)>) =
             match (ins.id.is_empty(), fin.id.is_empty()) {
-                (true, true) => return Ok(()),
+                (true, true) => return Ok(Vec::new()),
                 (false, true) => (INSERT, ins_params.to_vec()),
                 (true, false) => (FINISH.as_str(), fin_params.to_vec()),
                 (false, false) => (
@@ -283,7 +375,7 @@ async fn write_batch(pool: &Pool, batch: &mut Vec<Op>, metrics: &Metrics) {
                 ),
             };
         let stmt = client.prepare_cached(sql).await?;
-        client.execute(&stmt, &params).await.map(|_| ())
+        client.query(&stmt, &params).await
     };
     let mark = async {
         if progress.is_empty() {
@@ -293,45 +385,63 @@ async fn write_batch(pool: &Pool, batch: &mut Vec<Op>, metrics: &Metrics) {
         client.execute(&stmt, &[&progress]).await
     };
     let (written, marked) = tokio::join!(write, mark);
-    let (inserted, finished) = match written {
-        Ok(()) => (Ok(()), Ok(())),
-        Err(e) => {
-            let e = StoreError::from(e);
-            (Err(StoreError::Db(e.to_string())), Err(e))
-        }
-    };
-
-    match inserted {
-        Ok(_) => {
-            metrics
-                .rows_started
-                .fetch_add(waiters.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            for w in waiters {
-                let _ = w.send(Ok(()));
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, rows = waiters.len(), "pending insert failed");
-            fail(waiters, &e);
-        }
-    }
     if let Err(e) = marked {
         tracing::warn!(error = %StoreError::from(e), rows = progress.len(), "in_progress update failed");
     }
-    match finished {
-        Ok(_) => {
+    match written {
+        Ok(rows) => {
             metrics
                 .rows_finished
-                .fetch_add(fin.id.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                .fetch_add(fin.id.len() as u64, Ordering::Relaxed);
+            ins.resolve(&rows, metrics);
         }
-        Err(e) => count_lost_finishes(metrics, &fin, &e),
+        Err(e) => {
+            let e = StoreError::from(e);
+            tracing::warn!(error = %e, inserts = ins.id.len(), "batch not written");
+            ins.fail(&e);
+            count_lost_finishes(metrics, &fin, &e);
+            return;
+        }
+    }
+    if let Err(e) = renumber(&client, &mut ins, metrics).await {
+        tracing::warn!(error = %e, "pending insert failed");
+        ins.fail(&e);
     }
 }
 
-fn fail(waiters: Vec<tokio::sync::oneshot::Sender<Result<(), StoreError>>>, e: &StoreError) {
-    for w in waiters {
-        let _ = w.send(Err(StoreError::Db(e.to_string())));
+/// Rows left out of the first statement: either already stored (answered with their number) or
+/// beaten to their attempt number by a concurrent batch (inserted again with a fresh number).
+async fn renumber(
+    client: &deadpool_postgres::Client,
+    ins: &mut Inserts,
+    metrics: &Metrics,
+) -> Result<(), StoreError> {
+    for _ in 0..MAX_ROUNDS {
+        let left = ins.unanswered();
+        if left.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<Uuid> = left.iter().map(|&i| ins.id[i]).collect();
+        let stmt = client.prepare_cached(EXISTING).await?;
+        let existing = client.query(&stmt, &[&ids]).await?;
+        ins.resolve(&existing, metrics);
+        let left = ins.unanswered();
+        if left.is_empty() {
+            return Ok(());
+        }
+        let mut retry = ins.take(&left);
+        let stmt = client.prepare_cached(INSERT).await?;
+        let rows = client.query(&stmt, &retry.params()).await?;
+        retry.resolve(&rows, metrics);
+        // Whatever is still unanswered goes back for the next round.
+        for (k, &i) in left.iter().enumerate() {
+            ins.waiters[i] = retry.waiters[k].take();
+            ins.payload[i] = retry.payload[k].take();
+        }
     }
+    Err(StoreError::Db(format!(
+        "attempt number still contended after {MAX_ROUNDS} rounds"
+    )))
 }
 
 fn count_lost_finishes(metrics: &Metrics, fin: &Finishes, e: &StoreError) {
@@ -340,7 +450,7 @@ fn count_lost_finishes(metrics: &Metrics, fin: &Finishes, e: &StoreError) {
     }
     metrics
         .finish_failed
-        .fetch_add(fin.id.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        .fetch_add(fin.id.len() as u64, Ordering::Relaxed);
     for id in &fin.id {
         tracing::error!(row_id = %id, error = %e, "final update not recorded");
     }

@@ -272,10 +272,10 @@ enum ReplayFrame {
 }
 
 impl<B> Prefix<B> {
-    /// The whole body as a replay buffer; `None` when part of it is still unread (larger than
-    /// the capture cap), since that part can be sent only once.
-    pub fn replay(&self) -> Option<Replay> {
-        if self.rest.is_some() {
+    /// The whole body as a replay buffer of at most `max` bytes; `None` for a larger body
+    /// (part of it may still be unread, and can be sent only once).
+    pub fn replay(&self, max: usize) -> Option<Replay> {
+        if self.rest.is_some() || self.captured.total > max as u64 {
             return None;
         }
         let frames = self
@@ -504,7 +504,7 @@ mod tests {
     async fn replay_sends_the_same_bytes_again_and_only_whole_bodies_replay() {
         let (_, prefix) =
             read_prefix(chunks(&["ab", "cd"]), 16, None, Duration::from_secs(1)).await;
-        let replay = prefix.replay().expect("whole body");
+        let replay = prefix.replay(16).expect("whole body");
         for _ in 0..2 {
             let stats = Arc::new(RequestStats::default());
             let body = RequestBody::<TestStream>::replay(&replay, stats.clone());
@@ -513,7 +513,14 @@ mod tests {
         }
         let (_, big) =
             read_prefix(chunks(&["ab", "cd", "ef"]), 3, None, Duration::from_secs(1)).await;
-        assert!(big.replay().is_none());
+        assert!(big.replay(3).is_none());
+        let one = Full::new(Bytes::from_static(b"abcdef"));
+        let (_, one_frame) = read_prefix(one, 3, None, Duration::from_secs(1)).await;
+        assert!(one_frame.rest.is_none());
+        assert!(
+            one_frame.replay(3).is_none(),
+            "read whole, but larger than the buffer"
+        );
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@
 
 pub mod capture;
 pub mod config;
+pub mod diff;
 pub mod metrics;
 pub mod proxy;
 pub mod retry;

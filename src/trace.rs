@@ -66,3 +66,56 @@ pub struct AttemptFinish {
 pub fn now_utc() -> NaiveDateTime {
     chrono::Utc::now().naive_utc()
 }
+
+/// One stored row, with DATA-002's `CommunicationTrace` field names when serialized, so agents
+/// and bilko-app see the objects they already know. Times are UTC.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TraceRow {
+    pub id: Uuid,
+    pub trace_id: String,
+    pub execution_id: Option<Uuid>,
+    pub attempt_number: i32,
+    pub source_service: String,
+    pub destination_service: String,
+    pub workflow_id: String,
+    pub action: Option<String>,
+    pub user_id: String,
+    #[serde(with = "utc")]
+    pub requested_at: NaiveDateTime,
+    #[serde(with = "utc_opt")]
+    pub responded_at: Option<NaiveDateTime>,
+    pub duration_ms: Option<i32>,
+    pub request_payload: Option<Value>,
+    pub response_payload: Option<Value>,
+    pub overall_status: String,
+    pub error_code: Option<String>,
+    pub error_detail: Option<String>,
+    pub n8n_execution_id: Option<String>,
+}
+
+/// ISO-8601 UTC with millisecond precision and a `Z`.
+pub fn iso_utc(t: &NaiveDateTime) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+mod utc {
+    pub fn serialize<S: serde::Serializer>(
+        t: &chrono::NaiveDateTime,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::iso_utc(t))
+    }
+}
+
+mod utc_opt {
+    pub fn serialize<S: serde::Serializer>(
+        t: &Option<chrono::NaiveDateTime>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_str(&super::iso_utc(t)),
+            None => s.serialize_none(),
+        }
+    }
+}

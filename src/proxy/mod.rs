@@ -116,7 +116,8 @@ pub async fn handle(
         cap,
     );
     note_truncation(&app.metrics, &request_payload, &corr.trace_id, "request");
-    let replay = prefix.replay();
+    // The replay buffer is the capture buffer: bodies up to `max_payload_bytes` can be resent.
+    let replay = prefix.replay(cap);
     let mut first_body = Some(prefix);
     let policy = &route.retry;
     let idle = cfg

@@ -1,6 +1,7 @@
 //! Everything PostgreSQL: the pool, migrations and the batching writer. Knows nothing of HTTP.
 
 mod migrate;
+pub mod query;
 mod writer;
 
 use std::sync::Arc;

@@ -1,0 +1,2 @@
+//! Placeholder until the sanitize benchmark lands.
+fn main() {}

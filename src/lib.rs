@@ -62,7 +62,7 @@ pub async fn run_with_metrics(
             }
         }
     }
-    let (store, writer) = Store::start(pool, &config.database, metrics.clone());
+    let (store, writer) = Store::start(pool, &config.database, metrics.clone())?;
     let client = proxy::forward::build_client(&config.upstream)?;
     let app = Arc::new(proxy::App {
         config: config.clone(),

@@ -91,22 +91,37 @@ impl Writer {
 
 /// Builds the pool. Connections are made lazily; nothing here touches the network.
 pub fn pool(cfg: &DatabaseConfig) -> Result<Pool, StoreError> {
+    pool_with(cfg, cfg.pool_size, "")
+}
+
+/// Session settings of the writer's connections. Its statements always reach rows through an
+/// index (by id, or by trace id), so they are planned once, generically, and kept to index
+/// plans: a plan made while the table was small would otherwise use sequential scans and be
+/// kept as the table grows to millions of rows, while planning every execution instead would
+/// cost more than executing the insert.
+pub const WRITER_SESSION: &str = "-c plan_cache_mode=force_generic_plan -c enable_seqscan=off \
+    -c enable_hashjoin=off -c enable_mergejoin=off";
+
+/// The writer's own pool: one connection per writer task, with [`WRITER_SESSION`].
+pub fn writer_pool(cfg: &DatabaseConfig) -> Result<Pool, StoreError> {
+    pool_with(cfg, cfg.writer_tasks, WRITER_SESSION)
+}
+
+fn pool_with(cfg: &DatabaseConfig, size: usize, session: &str) -> Result<Pool, StoreError> {
     let mut pg = cfg.pg.clone();
     pg.connect_timeout(cfg.connect_timeout);
     pg.keepalives(true);
     pg.keepalives_idle(Duration::from_secs(30));
-    // A hung statement must fail within a known time, server side. Statements are planned for
-    // their actual parameters every time: a generic plan cached while the table was small
-    // (sequential scans) would otherwise stay in use as it grows to millions of rows.
-    let timeout = format!(
-        "-c statement_timeout={} -c plan_cache_mode=force_custom_plan",
+    // A hung statement must fail within a known time, server side.
+    let ours = format!(
+        "-c statement_timeout={} {session}",
         cfg.statement_timeout.as_millis()
     );
     let options = match pg.get_options() {
-        Some(existing) if !existing.is_empty() => format!("{existing} {timeout}"),
-        _ => timeout,
+        Some(existing) if !existing.is_empty() => format!("{existing} {ours}"),
+        _ => ours,
     };
-    pg.options(&options);
+    pg.options(options.trim());
     pg.application_name("trace-proxy");
     let manager = Manager::from_config(
         pg,
@@ -116,7 +131,7 @@ pub fn pool(cfg: &DatabaseConfig) -> Result<Pool, StoreError> {
         },
     );
     Pool::builder(manager)
-        .max_size(cfg.pool_size)
+        .max_size(size)
         .wait_timeout(Some(cfg.pool_wait_timeout))
         .create_timeout(Some(cfg.connect_timeout))
         .recycle_timeout(Some(cfg.connect_timeout))
@@ -126,25 +141,29 @@ pub fn pool(cfg: &DatabaseConfig) -> Result<Pool, StoreError> {
 }
 
 impl Store {
-    /// Starts the writer tasks over `pool`.
-    pub fn start(pool: Pool, cfg: &DatabaseConfig, metrics: Arc<Metrics>) -> (Store, Writer) {
+    /// Starts the writer tasks, on their own pool ([`writer_pool`]); `pool` serves the rest.
+    pub fn start(
+        pool: Pool,
+        cfg: &DatabaseConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Store, Writer), StoreError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let tasks = writer::spawn(
-            pool.clone(),
+            writer_pool(cfg)?,
             rx,
             cfg.writer_tasks,
             cfg.max_batch_rows,
             cfg.finish_linger,
             metrics,
         );
-        (
+        Ok((
             Store {
                 pool,
                 tx,
                 insert_timeout: cfg.insert_timeout,
             },
             Writer { tasks },
-        )
+        ))
     }
 
     pub fn pool(&self) -> &Pool {

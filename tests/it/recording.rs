@@ -252,25 +252,64 @@ async fn n_concurrent_requests_give_n_finished_rows_in_shared_batches() {
 }
 
 /// A generic plan cached while the table was small kept sequential scans in use as the table grew
-/// (one per final update): every store connection must plan with its actual parameters, and carry
-/// the statement timeout.
+/// (one full scan per final update). Starting from an empty table, the writer must keep reaching
+/// rows through indexes.
 #[tokio::test]
-async fn store_connections_plan_per_execution_and_time_out_statements() {
+async fn writer_keeps_index_plans_as_the_table_grows_from_empty() {
+    let db = TestDb::new().await;
+    let up = upstream(|_req| async { Response::new(full("{}")) }).await;
+    let proxy = Proxy::start(&config(&db, up, "")).await;
+    let traces: Vec<String> = (0..60).map(|_| new_trace_id()).collect();
+    for t in &traces {
+        send(post(&proxy.url("/webhook/grow"), t, r#"{"n":1}"#)).await;
+    }
+    db.final_rows(&traces[59], 1).await;
+    proxy.stop().await;
+    // Statistics reach pg_stat_user_tables asynchronously.
+    let (mut seq, mut idx) = (0i64, 0i64);
+    for _ in 0..100 {
+        let row = db
+            .client
+            .query_one(
+                "SELECT coalesce(seq_scan, 0), coalesce(idx_scan, 0) FROM pg_stat_user_tables \
+                 WHERE schemaname = $1 AND relname = 'communication_traces'",
+                &[&db.schema],
+            )
+            .await
+            .expect("stats");
+        (seq, idx) = (row.get(0), row.get(1));
+        if idx >= 60 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(idx >= 60, "index scans recorded: {idx}");
+    // The test's own queries, migrations and a retention pass scan the small table a few times;
+    // writer statements on a sequential-scan plan would add one per request (60 here).
+    assert!(seq < 30, "{seq} sequential scans for 120 writes");
+}
+
+#[tokio::test]
+async fn store_connections_time_out_statements_and_writer_sessions_keep_index_plans() {
     let db = TestDb::new().await;
     let cfg =
         trace_proxy::Config::from_toml_str(&config(&db, closed_port().await, "")).expect("config");
-    let pool = trace_proxy::store::pool(&cfg.database).expect("pool");
-    let conn = pool.get().await.expect("connection");
-    let show = |name: &'static str| {
-        let conn = &conn;
-        async move {
-            conn.query_one(&format!("SHOW {name}"), &[])
-                .await
-                .expect("show")
-                .get::<_, String>(0)
-        }
+    let show = |pool: deadpool_postgres::Pool, name: &'static str| async move {
+        let conn = pool.get().await.expect("connection");
+        conn.query_one(&format!("SHOW {name}"), &[])
+            .await
+            .expect("show")
+            .get::<_, String>(0)
     };
-    assert_eq!(show("plan_cache_mode").await, "force_custom_plan");
-    assert_eq!(show("statement_timeout").await, "5s");
-    assert_eq!(show("search_path").await, db.schema);
+    let pool = trace_proxy::store::pool(&cfg.database).expect("pool");
+    assert_eq!(show(pool.clone(), "statement_timeout").await, "5s");
+    assert_eq!(show(pool.clone(), "search_path").await, db.schema);
+    assert_eq!(show(pool, "enable_seqscan").await, "on");
+    let writer = trace_proxy::store::writer_pool(&cfg.database).expect("pool");
+    assert_eq!(show(writer.clone(), "statement_timeout").await, "5s");
+    assert_eq!(
+        show(writer.clone(), "plan_cache_mode").await,
+        "force_generic_plan"
+    );
+    assert_eq!(show(writer, "enable_seqscan").await, "off");
 }

@@ -11,6 +11,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 use crate::proxy::{self, App};
 
@@ -27,8 +28,11 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
+    let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
+        // Reap finished connections so the set stays as small as the open ones.
+        while conns.try_join_next().is_some() {}
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => match p {
                 Ok(p) => p,
@@ -58,7 +62,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
         let conn = graceful.watch(conn);
-        tokio::spawn(async move {
+        conns.spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
@@ -74,6 +78,14 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         .await
         .is_err()
     {
-        tracing::warn!("shutdown deadline passed with connections still open");
+        // Cut what is still open; its attempts are recorded as interrupted.
+        tracing::warn!(
+            open = conns.len(),
+            "shutdown deadline passed: interrupting open exchanges"
+        );
+        app.interrupting
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        conns.abort_all();
     }
+    while conns.join_next().await.is_some() {}
 }

@@ -36,6 +36,8 @@ pub enum ProxyError {
     UpstreamTimeout(u128),
     #[error("the upstream closed the exchange: {0}")]
     UpstreamAborted(String),
+    #[error("trace-proxy shut down before the exchange finished")]
+    Interrupted,
 }
 
 impl ProxyError {
@@ -53,6 +55,7 @@ impl ProxyError {
             ProxyError::UpstreamTls(_) => "TLS_FAILED",
             ProxyError::UpstreamTimeout(_) => "TIMEOUT",
             ProxyError::UpstreamAborted(_) => "UPSTREAM_ABORTED",
+            ProxyError::Interrupted => "INTERRUPTED",
         }
     }
 
@@ -64,7 +67,7 @@ impl ProxyError {
             | ProxyError::BodyTooLarge(_)
             | ProxyError::ClientTimeout(_)
             | ProxyError::ClientBody(_) => Fault::Client,
-            ProxyError::StoreUnavailable(_) => Fault::Proxy,
+            ProxyError::StoreUnavailable(_) | ProxyError::Interrupted => Fault::Proxy,
             ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamTls(_)
             | ProxyError::UpstreamTimeout(_)
@@ -88,7 +91,9 @@ impl ProxyError {
             | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::StoreUnavailable(_) | ProxyError::Interrupted => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamTls(_)
             | ProxyError::UpstreamAborted(_) => StatusCode::BAD_GATEWAY,
@@ -109,6 +114,7 @@ impl ProxyError {
             ProxyError::UpstreamConnect(_) | ProxyError::UpstreamTls(_) => "upstream unreachable\n",
             ProxyError::UpstreamTimeout(_) => "upstream timeout\n",
             ProxyError::UpstreamAborted(_) => "upstream closed the connection\n",
+            ProxyError::Interrupted => "proxy shutting down\n",
         }
     }
 

@@ -467,3 +467,67 @@ strip_prefix = true
     );
     proxy.stop().await;
 }
+
+/// Waits until the trace has a pending row (the request reached the upstream side).
+async fn wait_pending(db: &TestDb, trace: &str) {
+    for _ in 0..200 {
+        // The table may not exist yet: the proxy migrates before it serves.
+        let rows = db
+            .client
+            .query(
+                "SELECT 1 FROM communication_traces WHERE trace_id = $1",
+                &[&trace],
+            )
+            .await;
+        if rows.is_ok_and(|r| !r.is_empty()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no pending row for {trace}");
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_requests_finish_within_the_deadline() {
+    let db = TestDb::new().await;
+    let up = upstream(|_req| async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Response::new(full("done"))
+    })
+    .await;
+    let proxy = Proxy::start(&config(&db, up, "[server]\nshutdown_timeout_ms = 5000")).await;
+    let trace = new_trace_id();
+    let req = get(&proxy.url("/slow"), &trace);
+    let inflight = tokio::spawn(async move { send(req).await });
+    wait_pending(&db, &trace).await;
+    proxy.stop().await;
+    let (parts, body) = inflight.await.expect("request task");
+    assert_eq!((parts.status.as_u16(), &body[..]), (200, &b"done"[..]));
+    let rows = db.final_rows(&trace, 1).await;
+    assert_eq!(rows[0].get::<_, &str>("overall_status"), "success");
+}
+
+#[tokio::test]
+async fn requests_open_at_the_shutdown_deadline_are_recorded_as_interrupted() {
+    let db = TestDb::new().await;
+    let up = upstream(|_req| async {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        Response::new(full("too late"))
+    })
+    .await;
+    let proxy = Proxy::start(&config(&db, up, "[server]\nshutdown_timeout_ms = 300")).await;
+    let trace = new_trace_id();
+    let req = get(&proxy.url("/stuck"), &trace);
+    let inflight = tokio::spawn(async move { client().request(req).await });
+    wait_pending(&db, &trace).await;
+    proxy.stop().await;
+    assert!(
+        inflight.await.expect("task").is_err(),
+        "the connection was cut"
+    );
+    let rows = db.final_rows(&trace, 1).await;
+    assert_eq!(
+        rows[0].get::<_, Option<&str>>("error_code"),
+        Some("INTERRUPTED")
+    );
+}

@@ -44,6 +44,8 @@ pub struct AttemptStart {
     pub http_target: String,
     pub route_name: String,
     pub n8n_execution_id: Option<String>,
+    /// Which redaction rules fired on what this row stores at insert (D4); `None`: none.
+    pub redactions: Option<Value>,
 }
 
 /// Everything D2 sets. Produced exactly once per attempt.
@@ -60,6 +62,8 @@ pub struct AttemptFinish {
     pub http_status: Option<i32>,
     pub request_bytes: i64,
     pub response_bytes: i64,
+    /// Redaction rules fired on what the final update stores, merged into the row's record.
+    pub redactions: Option<Value>,
 }
 
 /// The current time as stored: UTC without a zone.

@@ -26,7 +26,7 @@ use crate::capture::{
 use crate::config::{Config, OnUnavailable};
 use crate::metrics::Metrics;
 use crate::retry::{self, Decision, Failure};
-use crate::sanitize::{payload_for_storage, redact_target, BodySample};
+use crate::sanitize::{redactions_record, BodySample, Redactions, Sanitizer, Stored};
 use crate::store::{PendingInsert, Store};
 use crate::trace::{now_utc, AttemptFinish, AttemptStart, Status};
 use correlate::{correlate, Correlation};
@@ -43,6 +43,9 @@ pub struct App {
     pub store: Store,
     pub client: UpstreamClient,
     pub metrics: Arc<Metrics>,
+    /// Set when the shutdown deadline passed: exchanges cut from then on are recorded as
+    /// `INTERRUPTED`, not as client aborts.
+    pub interrupting: std::sync::atomic::AtomicBool,
 }
 
 /// Serves one request. Never fails: every problem becomes a response (and a row, once routed).
@@ -105,7 +108,9 @@ pub async fn handle(
     };
 
     // 5-9, once per attempt (D3): record start (D1), forward, retry?, respond, finish (D2).
-    let request_payload = payload_for_storage(
+    // D4: what the row keeps is redacted (then fitted to the cap) by the route's rules.
+    let sanitizer = route.sanitizer.clone();
+    let request = sanitizer.payload(
         BodySample {
             bytes: &prefix.captured.bytes,
             total_bytes: declared_len.or((prefix.rest.is_none()).then_some(prefix.captured.total)),
@@ -115,7 +120,39 @@ pub async fn handle(
         },
         cap,
     );
-    note_truncation(&app.metrics, &request_payload, &corr.trace_id, "request");
+    note_truncation(
+        &app.metrics,
+        request.truncated,
+        &request.value,
+        &corr.trace_id,
+        "request",
+    );
+    let (http_target, target_redactions) = sanitizer.target(parts.uri.path(), parts.uri.query());
+    // Header-derived columns are stored too: the same value patterns apply.
+    let (workflow_id, workflow_redactions) = sanitizer.column("workflow_id", &corr.workflow_id);
+    let user_id = corr
+        .user_id
+        .clone()
+        .unwrap_or_else(|| cfg.correlation.default_user_id.clone());
+    let (user_id, user_redactions) = sanitizer.column("user_id", &user_id);
+    let (action, action_redactions) = match &corr.action {
+        Some(a) => {
+            let (a, r) = sanitizer.column("action", a);
+            (Some(a), r)
+        }
+        None => (None, Redactions::default()),
+    };
+    let start_redactions = redactions_record(&[
+        ("http_target", &target_redactions),
+        ("request_payload", &request.redactions),
+        ("workflow_id", &workflow_redactions),
+        ("user_id", &user_redactions),
+        ("action", &action_redactions),
+    ]);
+    if let Some(r) = &start_redactions {
+        tracing::debug!(trace_id = %corr.trace_id, redactions = %r, "redacted before storage");
+    }
+    let request_payload = request.value;
     // The replay buffer is the capture buffer: bodies up to `max_payload_bytes` can be resent.
     let replay = prefix.replay(cap);
     let mut first_body = Some(prefix);
@@ -135,21 +172,26 @@ pub async fn handle(
             execution_id: corr.execution_id,
             source_service: route.source_service.clone(),
             destination_service: route.destination_service.clone(),
-            workflow_id: corr.workflow_id.clone(),
-            action: corr.action.clone(),
-            user_id: corr
-                .user_id
-                .clone()
-                .unwrap_or_else(|| cfg.correlation.default_user_id.clone()),
+            workflow_id: workflow_id.clone(),
+            action: action.clone(),
+            user_id: user_id.clone(),
             requested_at: if n == 1 { requested_at } else { now_utc() },
             request_payload: request_payload.clone(),
             http_method: parts.method.to_string(),
-            http_target: redact_target(parts.uri.path(), parts.uri.query()),
+            http_target: http_target.clone(),
             route_name: route.name.clone(),
             n8n_execution_id: corr.n8n_execution_id.clone(),
+            redactions: start_redactions.clone(),
         };
         let began = if n == 1 { arrived } else { Instant::now() };
-        let mut attempt = Attempt::begin(app.clone(), start, began, stats.clone(), &corr);
+        let mut attempt = Attempt::begin(
+            app.clone(),
+            start,
+            began,
+            stats.clone(),
+            &corr,
+            sanitizer.clone(),
+        );
         if let Err(reason) = attempt.wait_recorded().await {
             match cfg.database.on_unavailable {
                 OnUnavailable::Reject => {
@@ -203,7 +245,7 @@ pub async fn handle(
                             let meta = ResponseMeta::new(&rparts.headers, rparts.status, &cfg);
                             let (end, captured) = drain_capped(rbody, cap, idle).await;
                             attempt.finish(
-                                Outcome::streamed(&meta, end, captured, cap)
+                                Outcome::streamed(&meta, end, captured, cap, &attempt.sanitizer)
                                     .with_note(retrying(wait)),
                             );
                             Metrics::inc(&app.metrics.retries);
@@ -289,10 +331,14 @@ fn local(
 
 fn note_truncation(
     metrics: &Metrics,
+    truncated: bool,
     payload: &Option<serde_json::Value>,
     trace_id: &str,
     which: &str,
 ) {
+    if !truncated {
+        return;
+    }
     if let Some(t) = payload.as_ref().and_then(|p| p.get("_truncated")) {
         Metrics::inc(&metrics.truncated_payloads);
         tracing::info!(trace_id, payload = which, indicator = %t, "payload truncated for storage");
@@ -321,6 +367,8 @@ struct Attempt {
     number: Option<i32>,
     /// Why a failure was not retried although retries are configured.
     retry_note: Option<String>,
+    /// The route's redaction rules, for the response payload and the error detail.
+    sanitizer: Arc<Sanitizer>,
 }
 
 /// Response facts kept for the final update.
@@ -352,6 +400,8 @@ struct Outcome {
     response_payload: Option<serde_json::Value>,
     n8n_execution_id: Option<String>,
     response_bytes: u64,
+    response_redactions: Redactions,
+    response_truncated: bool,
 }
 
 impl Outcome {
@@ -375,12 +425,24 @@ impl Outcome {
             response_payload: None,
             n8n_execution_id: None,
             response_bytes: 0,
+            response_redactions: Redactions::default(),
+            response_truncated: false,
         }
     }
 
     /// A streamed response: its HTTP status and how its body ended decide the row's status.
-    fn streamed(meta: &ResponseMeta, end: BodyEnd, captured: Captured, cap: usize) -> Self {
-        let payload = payload_for_storage(
+    fn streamed(
+        meta: &ResponseMeta,
+        end: BodyEnd,
+        captured: Captured,
+        cap: usize,
+        sanitizer: &Sanitizer,
+    ) -> Self {
+        let Stored {
+            value: payload,
+            redactions: response_redactions,
+            truncated: response_truncated,
+        } = sanitizer.payload(
             BodySample {
                 bytes: &captured.bytes,
                 total_bytes: Some(captured.total),
@@ -441,6 +503,8 @@ impl Outcome {
             response_payload: payload,
             n8n_execution_id,
             response_bytes: captured.total,
+            response_redactions,
+            response_truncated,
         }
     }
 }
@@ -453,6 +517,7 @@ impl Attempt {
         began: Instant,
         stats: Arc<RequestStats>,
         corr: &Correlation,
+        sanitizer: Arc<Sanitizer>,
     ) -> Self {
         let id = start.id;
         let insert = match app.store.begin(start) {
@@ -470,6 +535,7 @@ impl Attempt {
             path_n8n_execution_id: corr.n8n_execution_id.clone(),
             number: None,
             retry_note: None,
+            sanitizer,
         }
     }
 
@@ -548,7 +614,8 @@ impl Attempt {
                 }
             };
             let (end, captured) = ended.unwrap_or((BodyEnd::Aborted, Captured::new(0)));
-            attempt.finish(Outcome::streamed(&meta, end, captured, cap));
+            let outcome = Outcome::streamed(&meta, end, captured, cap, &attempt.sanitizer);
+            attempt.finish(outcome);
         });
         FinishSink(tx)
     }
@@ -558,17 +625,36 @@ impl Attempt {
         let Some(insert) = self.insert.take() else {
             return;
         };
-        let outcome = match self.retry_note.take() {
+        let mut outcome = match self.retry_note.take() {
             Some(note) => outcome.with_note(note),
             None => outcome,
         };
+        if outcome.error_code.as_deref() == Some("CLIENT_ABORTED")
+            && self.app.interrupting.load(Ordering::Relaxed)
+        {
+            let e = ProxyError::Interrupted;
+            outcome.error_code = Some(e.code().to_owned());
+            outcome.error_detail = Some(e.to_string());
+        }
         let duration = self.forwarded_at.unwrap_or(self.arrived).elapsed();
         note_truncation(
             &self.app.metrics,
+            outcome.response_truncated,
             &outcome.response_payload,
             &self.trace_id,
             "response",
         );
+        let (error_detail, detail_redactions) = match outcome.error_detail {
+            Some(d) => {
+                let (d, r) = self.sanitizer.column("error_detail", &d);
+                (Some(d), r)
+            }
+            None => (None, Redactions::default()),
+        };
+        let redactions = redactions_record(&[
+            ("response_payload", &outcome.response_redactions),
+            ("error_detail", &detail_redactions),
+        ]);
         let finish = AttemptFinish {
             id: self.id,
             responded_at: now_utc(),
@@ -576,7 +662,7 @@ impl Attempt {
             response_payload: outcome.response_payload,
             status: outcome.status,
             error_code: outcome.error_code,
-            error_detail: outcome.error_detail,
+            error_detail,
             n8n_execution_id: outcome
                 .n8n_execution_id
                 .or_else(|| self.path_n8n_execution_id.take()),
@@ -584,6 +670,7 @@ impl Attempt {
             request_bytes: i64::try_from(self.stats.bytes.load(Ordering::Relaxed))
                 .unwrap_or(i64::MAX),
             response_bytes: i64::try_from(outcome.response_bytes).unwrap_or(i64::MAX),
+            redactions,
         };
         let store = self.app.store.clone();
         let metrics = self.app.metrics.clone();

@@ -32,26 +32,26 @@ const INSERT: &str = "
 INSERT INTO communication_traces (
     id, trace_id, execution_id, attempt_number, source_service, destination_service,
     workflow_id, action, user_id, requested_at, request_payload, n8n_execution_id,
-    http_method, http_target, route_name)
+    http_method, http_target, route_name, redactions)
 SELECT u.id, u.trace_id, u.execution_id,
     (COALESCE((SELECT max(c.attempt_number) FROM communication_traces c
                WHERE c.trace_id = u.trace_id), 0)
      + row_number() OVER (PARTITION BY u.trace_id ORDER BY u.ord))::int4,
     u.source_service, u.destination_service, u.workflow_id, u.action, u.user_id,
     u.requested_at, u.request_payload, u.n8n_execution_id, u.http_method, u.http_target,
-    u.route_name
+    u.route_name, u.redactions
 FROM unnest(
     $1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[],
     $8::text[], $9::timestamp[], $10::jsonb[], $11::text[], $12::text[], $13::text[],
-    $14::text[]) WITH ORDINALITY
+    $14::text[], $15::jsonb[]) WITH ORDINALITY
     AS u(id, trace_id, execution_id, source_service, destination_service, workflow_id,
          action, user_id, requested_at, request_payload, n8n_execution_id, http_method,
-         http_target, route_name, ord)
+         http_target, route_name, redactions, ord)
 ON CONFLICT DO NOTHING
 RETURNING id, attempt_number";
 
 /// Parameters of [`INSERT`].
-const INSERT_PARAMS: usize = 14;
+const INSERT_PARAMS: usize = 15;
 
 /// Rows already stored (an insert sent again): their numbers; nothing is inserted.
 const EXISTING: &str =
@@ -62,7 +62,9 @@ const MAX_ROUNDS: usize = 8;
 
 /// The final update, its parameters numbered from `$first`.
 fn finish_sql(first: usize) -> String {
-    let p: Vec<String> = (first..first + 11).map(|i| format!("${i}")).collect();
+    let p: Vec<String> = (first..first + FINISH_PARAMS)
+        .map(|i| format!("${i}"))
+        .collect();
     format!(
         "UPDATE communication_traces AS t SET
     responded_at = u.responded_at,
@@ -74,16 +76,22 @@ fn finish_sql(first: usize) -> String {
     n8n_execution_id = COALESCE(u.n8n_execution_id, t.n8n_execution_id),
     http_status = u.http_status,
     request_bytes = u.request_bytes,
-    response_bytes = u.response_bytes
+    response_bytes = u.response_bytes,
+    redactions = CASE WHEN u.redactions IS NULL THEN t.redactions
+                      ELSE COALESCE(t.redactions, '{{}}'::jsonb) || u.redactions END
 FROM unnest(
     {}::uuid[], {}::timestamp[], {}::int4[], {}::jsonb[], {}::text[], {}::text[],
-    {}::text[], {}::text[], {}::int4[], {}::int8[], {}::int8[])
+    {}::text[], {}::text[], {}::int4[], {}::int8[], {}::int8[], {}::jsonb[])
     AS u(id, responded_at, duration_ms, response_payload, overall_status, error_code,
-         error_detail, n8n_execution_id, http_status, request_bytes, response_bytes)
+         error_detail, n8n_execution_id, http_status, request_bytes, response_bytes,
+         redactions)
 WHERE t.id = u.id",
-        p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10]
+        p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11]
     )
 }
+
+/// Parameters of the final update.
+const FINISH_PARAMS: usize = 12;
 
 static FINISH: LazyLock<String> = LazyLock::new(|| finish_sql(1));
 
@@ -181,6 +189,7 @@ struct Inserts {
     method: Vec<String>,
     target: Vec<String>,
     route: Vec<String>,
+    redactions: Vec<Option<Value>>,
     waiters: Vec<Option<oneshot::Sender<Result<i32, StoreError>>>>,
 }
 
@@ -200,6 +209,7 @@ impl Inserts {
         self.method.push(text(s.http_method));
         self.target.push(text(s.http_target));
         self.route.push(text(s.route_name));
+        self.redactions.push(s.redactions);
         self.waiters.push(Some(done));
     }
 
@@ -219,6 +229,7 @@ impl Inserts {
             &self.method,
             &self.target,
             &self.route,
+            &self.redactions,
         ]
     }
 
@@ -240,6 +251,7 @@ impl Inserts {
             out.method.push(self.method[i].clone());
             out.target.push(self.target[i].clone());
             out.route.push(self.route[i].clone());
+            out.redactions.push(self.redactions[i].take());
             out.waiters.push(self.waiters[i].take());
         }
         out
@@ -285,6 +297,7 @@ struct Finishes {
     http_status: Vec<Option<i32>>,
     request_bytes: Vec<i64>,
     response_bytes: Vec<i64>,
+    redactions: Vec<Option<Value>>,
 }
 
 impl Finishes {
@@ -300,9 +313,10 @@ impl Finishes {
         self.http_status.push(f.http_status);
         self.request_bytes.push(f.request_bytes);
         self.response_bytes.push(f.response_bytes);
+        self.redactions.push(f.redactions);
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 11] {
+    fn params(&self) -> [&(dyn ToSql + Sync); FINISH_PARAMS] {
         [
             &self.id,
             &self.responded_at,
@@ -315,6 +329,7 @@ impl Finishes {
             &self.http_status,
             &self.request_bytes,
             &self.response_bytes,
+            &self.redactions,
         ]
     }
 }

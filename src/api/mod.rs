@@ -1,0 +1,585 @@
+//! The admin listener: a read-only JSON query API over `communication_traces` for agents and
+//! people (DATA-002 "Agent Access"), separate from the proxy listener, behind a bearer token.
+//! SQL lives in `crate::store::query`; JSON shaping in [`render`]; this module owns the listener,
+//! authentication, routing and the one error → HTTP mapping.
+//!
+//! | endpoint | what |
+//! |---|---|
+//! | `GET /api/traces/{traceId}` | the chain, by attempt number (getTraceChain) |
+//! | `GET /api/traces/{traceId}/diff` | what changed between consecutive attempts |
+//! | `GET /api/workflows/{workflowId}/failures` | newest failed attempts (getRecentFailures) |
+//! | `GET /api/users/{userId}/history` | newest attempts of a user (getUserHistory) |
+//! | `GET /api/executions/{executionId}/traces` | attempts of one execution (DATA-004) |
+//! | `GET /api/traces` | filtered search, keyset-paginated |
+//! | `GET /api/stats` | counts, failure rate, p50/p95 duration |
+//! | `GET /api/openapi.json` | OpenAPI 3.1 description of the above |
+
+pub mod cli;
+mod openapi;
+pub mod params;
+pub mod render;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use deadpool_postgres::Pool;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use serde_json::{json, Map, Value};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::config::{Config, Token};
+use crate::store::query::{self, Cursor, GroupBy, PageRows, QueryError, SearchFilter};
+use crate::store::StoreError;
+use crate::trace::{Status, TraceRow};
+use params::Params;
+use render::Projection;
+
+/// Most attempts a chain or execution response lists (`hasMore` says when there are more).
+pub const MAX_CHAIN: i64 = 1000;
+/// Concurrent admin connections; more wait in the accept queue.
+const MAX_CONNECTIONS: usize = 64;
+/// Default stats window: the last day.
+const DEFAULT_STATS_WINDOW: chrono::TimeDelta = chrono::TimeDelta::days(1);
+
+type Resp = Response<Full<Bytes>>;
+
+/// What the handlers share.
+pub struct ApiState {
+    pool: Pool,
+    token: Token,
+    budget: usize,
+}
+
+impl ApiState {
+    pub fn new(pool: Pool, token: Token, budget: usize) -> ApiState {
+        ApiState {
+            pool,
+            token,
+            budget,
+        }
+    }
+}
+
+/// A running admin listener.
+pub struct AdminServer {
+    task: JoinHandle<()>,
+}
+
+impl AdminServer {
+    /// Waits for the listener to drain after the stop signal, up to `deadline`.
+    pub async fn stopped(self, deadline: Duration) {
+        if tokio::time::timeout(deadline, self.task).await.is_err() {
+            tracing::warn!("admin listener still draining at the shutdown deadline");
+        }
+    }
+}
+
+/// The query pool: small, separate from the proxy's (a slow query never takes a connection the
+/// D1 insert path needs), with the admin statement timeout.
+pub fn query_pool(config: &Config) -> Result<Pool, StoreError> {
+    let mut db = config.database.clone();
+    db.pool_size = config.admin.pool_size;
+    db.statement_timeout = config.admin.statement_timeout;
+    crate::store::pool(&db)
+}
+
+/// Starts serving the admin API on `listener` until `stop` turns true. Without a configured
+/// token the listener is not served at all (logged), since it would expose every payload.
+pub fn start(
+    listener: TcpListener,
+    config: &Config,
+    stop: watch::Receiver<bool>,
+) -> Result<Option<AdminServer>, StoreError> {
+    let Some(token) = config.admin.token.clone() else {
+        tracing::warn!(
+            "admin API not started: no admin.token (or TRACE_PROXY_ADMIN_TOKEN) configured"
+        );
+        return Ok(None);
+    };
+    let state = Arc::new(ApiState::new(
+        query_pool(config)?,
+        token,
+        config.admin.max_response_bytes,
+    ));
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    tracing::info!(listen = %addr, "admin API serving");
+    let drain = config.server.shutdown_timeout;
+    let header_timeout = config.server.header_read_timeout;
+    let task = tokio::spawn(serve(listener, state, stop, header_timeout, drain));
+    Ok(Some(AdminServer { task }))
+}
+
+async fn serve(
+    listener: TcpListener,
+    state: Arc<ApiState>,
+    mut stop: watch::Receiver<bool>,
+    header_timeout: Duration,
+    drain: Duration,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true);
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    tokio::pin!(stopped);
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = &mut stopped => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stopped => break,
+        };
+        let state = state.clone();
+        let service = service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(handle(&state, req).await) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "admin connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("admin connections still open at the shutdown deadline");
+    }
+}
+
+/// Why a request was not answered with data.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("this API is read-only: only GET is allowed")]
+    MethodNotAllowed,
+    #[error("the query took longer than admin.statement_timeout_ms; narrow it (a shorter since/until window, more filters)")]
+    Timeout,
+    #[error("the trace store is unavailable")]
+    Unavailable,
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        match e {
+            QueryError::Timeout => ApiError::Timeout,
+            QueryError::Store(e) => {
+                tracing::warn!(error = %e, "admin query failed");
+                ApiError::Unavailable
+            }
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for ApiError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        QueryError::from(e).into()
+    }
+}
+
+/// The one error → HTTP mapping of the admin API.
+fn error_response(e: &ApiError) -> Resp {
+    let (status, code) = match e {
+        ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
+        ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+        ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+        ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
+        ApiError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "QUERY_TIMEOUT"),
+        ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE"),
+    };
+    let mut resp = json_response(
+        status,
+        &json!({"error": {"code": code, "message": e.to_string()}}),
+    );
+    match e {
+        ApiError::Unauthorized => {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"trace-proxy admin\""),
+            );
+        }
+        ApiError::MethodNotAllowed => {
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET"));
+        }
+        _ => {}
+    }
+    resp
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Resp {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// Answers one admin request. The body of the request is never read.
+pub async fn handle<B>(state: &ApiState, req: Request<B>) -> Resp {
+    let started = Instant::now();
+    let result = route(state, &req).await;
+    let resp = match &result {
+        Ok(body) => json_response(StatusCode::OK, body),
+        Err(e) => error_response(e),
+    };
+    tracing::debug!(method = %req.method(), path = %req.uri().path(), status = resp.status().as_u16(),
+        elapsed_ms = started.elapsed().as_millis() as u64, "admin request");
+    resp
+}
+
+fn authorized<B>(state: &ApiState, req: &Request<B>) -> bool {
+    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+        return false;
+    };
+    let v = value.as_bytes();
+    // RFC 6750 §2.1: `Bearer` is case-insensitive, one space, then the token.
+    v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") && state.token.matches(&v[7..])
+}
+
+async fn route<B>(state: &ApiState, req: &Request<B>) -> Result<Value, ApiError> {
+    if !authorized(state, req) {
+        return Err(ApiError::Unauthorized);
+    }
+    if req.method() != Method::GET {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    let raw: Vec<&str> = req.uri().path().split('/').skip(1).collect();
+    let mut seg = Vec::with_capacity(raw.len());
+    for s in &raw {
+        seg.push(params::decode_segment(s).map_err(ApiError::BadRequest)?);
+    }
+    let seg: Vec<&str> = seg.iter().map(String::as_str).collect();
+    let query = req.uri().query();
+    let bad = ApiError::BadRequest;
+    match seg.as_slice() {
+        ["api", "traces"] => search(state, query).await,
+        ["api", "traces", id] => chain(state, id, query).await,
+        ["api", "traces", id, "diff"] => diff(state, id, query).await,
+        ["api", "workflows", id, "failures"] => {
+            let id = params::id("workflowId", id).map_err(bad)?;
+            newest_first(state, query, &[], |c, page| {
+                Box::pin(async move { query::recent_failures(c, &id, &page).await })
+            })
+            .await
+        }
+        ["api", "users", id, "history"] => {
+            let id = params::id("userId", id).map_err(bad)?;
+            newest_first(state, query, &[], |c, page| {
+                Box::pin(async move { query::user_history(c, &id, &page).await })
+            })
+            .await
+        }
+        ["api", "executions", id, "traces"] => execution(state, id, query).await,
+        ["api", "stats"] => stats(state, query).await,
+        ["api", "openapi.json"] => {
+            Params::parse(query, &[]).map_err(bad)?;
+            Ok(openapi::document())
+        }
+        _ => Err(ApiError::NotFound(format!(
+            "no such endpoint: {}; see /api/openapi.json",
+            req.uri().path()
+        ))),
+    }
+}
+
+/// Parameters every list of rows takes.
+const ROW_PARAMS: [&str; 2] = ["payloads", "fields"];
+/// …plus those of a newest-first, paginated list.
+const PAGE_PARAMS: [&str; 4] = ["payloads", "fields", "limit", "cursor"];
+
+type PageFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<PageRows, QueryError>> + Send + 'a>>;
+
+/// A newest-first list: parse the page, run `fetch`, fill the byte budget, add the cursor.
+async fn newest_first<F>(
+    state: &ApiState,
+    query: Option<&str>,
+    extra: &[&str],
+    fetch: F,
+) -> Result<Value, ApiError>
+where
+    F: for<'c> FnOnce(&'c tokio_postgres::Client, query::Page) -> PageFuture<'c>,
+{
+    let allowed: Vec<&str> = PAGE_PARAMS.iter().chain(extra).copied().collect();
+    let p = Params::parse(query, &allowed).map_err(ApiError::BadRequest)?;
+    let projection = p.projection().map_err(ApiError::BadRequest)?;
+    let page = p.page(&projection).map_err(ApiError::BadRequest)?;
+    let client = state.pool.get().await?;
+    let found = fetch(&client, page).await?;
+    Ok(page_json(&projection, found, page.limit, state.budget))
+}
+
+/// `{"items": [...], "count", "limit", "hasMore", "nextCursor", "truncated"}` of a
+/// newest-first page (also `traces … --json`).
+pub(crate) fn page_json(
+    projection: &Projection,
+    found: PageRows,
+    limit: i64,
+    budget: usize,
+) -> Value {
+    let items = found.rows.iter().map(|r| projection.row(r)).collect();
+    let filled = render::fill(items, budget);
+    let shown = filled.items.len();
+    let has_more = found.has_more || shown < found.rows.len();
+    let next = if has_more {
+        found.rows.get(shown.wrapping_sub(1)).map(Cursor::after)
+    } else {
+        None
+    };
+    let mut head = Map::new();
+    head.insert("count".into(), json!(shown));
+    head.insert("limit".into(), json!(limit));
+    head.insert("hasMore".into(), json!(has_more));
+    head.insert("nextCursor".into(), json!(next.map(|c| c.encode())));
+    finish_envelope(budget, head, filled)
+}
+
+fn finish_envelope(budget: usize, mut head: Map<String, Value>, filled: render::Budgeted) -> Value {
+    head.insert("truncated".into(), json!(filled.cut));
+    if filled.cut {
+        head.insert("truncatedReason".into(), json!(render::budget_note(budget)));
+    }
+    head.insert("items".into(), Value::Array(filled.items));
+    Value::Object(head)
+}
+
+/// Rows of a bounded list (a chain, an execution), read one beyond [`MAX_CHAIN`], under `head`.
+pub(crate) fn bounded_json(
+    projection: &Projection,
+    mut rows: Vec<TraceRow>,
+    mut head: Map<String, Value>,
+    budget: usize,
+) -> Value {
+    let has_more = rows.len() > MAX_CHAIN as usize;
+    rows.truncate(MAX_CHAIN as usize);
+    let items = rows.iter().map(|r| projection.row(r)).collect();
+    let filled = render::fill(items, budget);
+    head.insert("count".into(), json!(filled.items.len()));
+    head.insert(
+        "hasMore".into(),
+        json!(has_more || filled.items.len() < rows.len()),
+    );
+    finish_envelope(budget, head, filled)
+}
+
+/// The chain response (also `traces chain --json`).
+pub(crate) fn chain_json(
+    id: &str,
+    projection: &Projection,
+    rows: Vec<TraceRow>,
+    budget: usize,
+) -> Value {
+    let mut head = Map::new();
+    head.insert("traceId".into(), json!(id));
+    bounded_json(projection, rows, head, budget)
+}
+
+/// The diff response (also `traces diff --json`).
+pub(crate) fn diff_json(
+    id: &str,
+    projection: &Projection,
+    rows: &[TraceRow],
+    budget: usize,
+) -> Value {
+    let diffs = crate::diff::diff_chain(rows);
+    let items = diffs.iter().map(|d| projection.diff(d)).collect();
+    let filled = render::fill(items, budget);
+    let mut head = Map::new();
+    head.insert("traceId".into(), json!(id));
+    head.insert("attempts".into(), json!(rows.len()));
+    head.insert("count".into(), json!(filled.items.len()));
+    finish_envelope(budget, head, filled)
+}
+
+async fn chain(state: &ApiState, id: &str, query: Option<&str>) -> Result<Value, ApiError> {
+    let id = params::id("traceId", id).map_err(ApiError::BadRequest)?;
+    let p = Params::parse(query, &ROW_PARAMS).map_err(ApiError::BadRequest)?;
+    let projection = p.projection().map_err(ApiError::BadRequest)?;
+    let client = state.pool.get().await?;
+    let rows =
+        query::trace_chain_limited(&**client, &id, projection.reads_payloads(), MAX_CHAIN + 1)
+            .await?;
+    if rows.is_empty() {
+        return Err(ApiError::NotFound(format!("no trace with traceId {id:?}")));
+    }
+    Ok(chain_json(&id, &projection, rows, state.budget))
+}
+
+async fn diff(state: &ApiState, id: &str, query: Option<&str>) -> Result<Value, ApiError> {
+    let id = params::id("traceId", id).map_err(ApiError::BadRequest)?;
+    let p = Params::parse(query, &["payloads"]).map_err(ApiError::BadRequest)?;
+    let projection = p.projection().map_err(ApiError::BadRequest)?;
+    let client = state.pool.get().await?;
+    // The diff compares request payloads, so it always reads them; `payloads` only shapes the
+    // values shown.
+    let rows = query::trace_chain_limited(&**client, &id, true, MAX_CHAIN).await?;
+    if rows.is_empty() {
+        return Err(ApiError::NotFound(format!("no trace with traceId {id:?}")));
+    }
+    Ok(diff_json(&id, &projection, &rows, state.budget))
+}
+
+async fn execution(state: &ApiState, id: &str, query: Option<&str>) -> Result<Value, ApiError> {
+    let execution_id = Uuid::parse_str(id)
+        .map_err(|_| ApiError::BadRequest(format!("`executionId` must be a UUID, got {id:?}")))?;
+    let p = Params::parse(query, &ROW_PARAMS).map_err(ApiError::BadRequest)?;
+    let projection = p.projection().map_err(ApiError::BadRequest)?;
+    let client = state.pool.get().await?;
+    let rows = query::execution_traces(
+        &**client,
+        execution_id,
+        projection.reads_payloads(),
+        MAX_CHAIN + 1,
+    )
+    .await?;
+    if rows.is_empty() {
+        return Err(ApiError::NotFound(format!(
+            "no traces with executionId {execution_id}"
+        )));
+    }
+    let mut head = Map::new();
+    head.insert("executionId".into(), json!(execution_id));
+    Ok(bounded_json(&projection, rows, head, state.budget))
+}
+
+fn parse_status(s: &str) -> Result<Status, String> {
+    match s {
+        "pending" => Ok(Status::Pending),
+        "in_progress" => Ok(Status::InProgress),
+        "success" => Ok(Status::Success),
+        "failed" => Ok(Status::Failed),
+        _ => Err(format!(
+            "`status` must be pending, in_progress, success or failed, got {s:?}"
+        )),
+    }
+}
+
+const SEARCH_PARAMS: [&str; 7] = [
+    "status",
+    "workflowId",
+    "userId",
+    "destination",
+    "errorCode",
+    "since",
+    "until",
+];
+
+/// The search filter of a query string (shared with the CLI's readable forms).
+fn search_filter(p: &Params) -> Result<SearchFilter, String> {
+    let (since, until) = p.window()?;
+    Ok(SearchFilter {
+        status: p.raw("status").map(parse_status).transpose()?,
+        workflow_id: p.text("workflowId")?,
+        user_id: p.text("userId")?,
+        destination: p.text("destination")?,
+        error_code: p.text("errorCode")?,
+        since,
+        until,
+    })
+}
+
+async fn search(state: &ApiState, query: Option<&str>) -> Result<Value, ApiError> {
+    let allowed: Vec<&str> = PAGE_PARAMS.iter().chain(&SEARCH_PARAMS).copied().collect();
+    let p = Params::parse(query, &allowed).map_err(ApiError::BadRequest)?;
+    let filter = search_filter(&p).map_err(ApiError::BadRequest)?;
+    newest_first(state, query, &SEARCH_PARAMS, move |c, page| {
+        Box::pin(async move { query::search(c, &filter, &page).await })
+    })
+    .await
+}
+
+async fn stats(state: &ApiState, query: Option<&str>) -> Result<Value, ApiError> {
+    let p = Params::parse(query, &["since", "until", "groupBy", "limit"])
+        .map_err(ApiError::BadRequest)?;
+    let (since, until) = p.window().map_err(ApiError::BadRequest)?;
+    let until = until.unwrap_or_else(crate::trace::now_utc);
+    let since = since.unwrap_or(until - DEFAULT_STATS_WINDOW);
+    if since >= until {
+        return Err(ApiError::BadRequest(
+            "`since` must be earlier than `until` (which defaults to now)".into(),
+        ));
+    }
+    let group_by = match p.raw("groupBy") {
+        None => GroupBy::Workflow,
+        Some(g) => GroupBy::parse(g).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "`groupBy` must be workflow, destination or errorCode, got {g:?}"
+            ))
+        })?,
+    };
+    let limit = p.limit().map_err(ApiError::BadRequest)?;
+    let client = state.pool.get().await?;
+    let s = query::stats(&**client, since, until, group_by, limit).await?;
+    Ok(stats_json(&s, since, until, group_by, limit))
+}
+
+/// The stats response (also `traces stats --json`).
+pub fn stats_json(
+    s: &query::Stats,
+    since: chrono::NaiveDateTime,
+    until: chrono::NaiveDateTime,
+    group_by: GroupBy,
+    limit: i64,
+) -> Value {
+    let shown = s.groups.len().min(usize::try_from(limit).unwrap_or(0));
+    json!({
+        "since": crate::trace::iso_utc(&since),
+        "until": crate::trace::iso_utc(&until),
+        "groupBy": group_by.as_str(),
+        "totals": s.totals,
+        "count": shown,
+        "limit": limit,
+        "groupsTotal": s.groups_total,
+        "truncated": s.groups_total > shown as i64,
+        "items": &s.groups[..shown],
+    })
+}

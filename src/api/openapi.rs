@@ -1,0 +1,216 @@
+//! The OpenAPI 3.1 description served at `/api/openapi.json`. Written by hand next to the
+//! handlers; `tests/it/api.rs` checks that every path it lists answers.
+
+use serde_json::{json, Value};
+
+use super::params::{DEFAULT_LIMIT, MAX_LIMIT};
+use super::render::{FIELDS, PREVIEW_BYTES};
+use super::MAX_CHAIN;
+
+fn param(name: &str, location: &str, description: &str, schema: Value) -> Value {
+    json!({
+        "name": name, "in": location, "required": location == "path",
+        "description": description, "schema": schema,
+    })
+}
+
+fn list_response(description: &str, extra: Value) -> Value {
+    let mut props = json!({
+        "items": {"type": "array", "items": {"$ref": "#/components/schemas/CommunicationTrace"}},
+        "count": {"type": "integer", "description": "items in this response"},
+        "hasMore": {"type": "boolean", "description": "more rows follow (continue with nextCursor where given)"},
+        "truncated": {"type": "boolean", "description": "true when the byte budget (admin.max_response_bytes) cut the response"},
+        "truncatedReason": {"type": "string"},
+    });
+    if let (Some(p), Some(e)) = (props.as_object_mut(), extra.as_object()) {
+        p.extend(e.clone());
+    }
+    json!({
+        "200": {"description": description, "content": {"application/json": {"schema": {
+            "type": "object", "required": ["items", "count", "hasMore", "truncated"], "properties": props}}}},
+        "400": {"$ref": "#/components/responses/BadRequest"},
+        "401": {"$ref": "#/components/responses/Unauthorized"},
+        "503": {"$ref": "#/components/responses/Unavailable"},
+        "504": {"$ref": "#/components/responses/Timeout"},
+    })
+}
+
+/// The document.
+pub fn document() -> Value {
+    let payloads = param(
+        "payloads",
+        "query",
+        &format!("none: leave payloads out; truncated (default): payloads over {PREVIEW_BYTES} bytes of JSON become {{\"_truncated\": {{…}}, \"preview\": \"…\"}}; full: as stored"),
+        json!({"type": "string", "enum": ["none", "truncated", "full"], "default": "truncated"}),
+    );
+    let fields = param(
+        "fields",
+        "query",
+        "comma-separated CommunicationTrace field names to return (default: all)",
+        json!({"type": "string", "example": "traceId,attemptNumber,overallStatus,errorCode"}),
+    );
+    let limit = param(
+        "limit",
+        "query",
+        &format!("rows per page, 1..{MAX_LIMIT} (larger is a 400), default {DEFAULT_LIMIT}"),
+        json!({"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}),
+    );
+    let cursor = param(
+        "cursor",
+        "query",
+        "nextCursor of the previous page (opaque)",
+        json!({"type": "string"}),
+    );
+    let time = |name: &str, d: &str| {
+        param(
+            name,
+            "query",
+            d,
+            json!({"type": "string", "format": "date-time"}),
+        )
+    };
+    let text = |name: &str, d: &str| param(name, "query", d, json!({"type": "string"}));
+    let path = |name: &str, d: &str| param(name, "path", d, json!({"type": "string"}));
+    let paged = list_response(
+        "newest first (requestedAt, then id, descending)",
+        json!({"limit": {"type": "integer"}, "nextCursor": {"type": ["string", "null"]}}),
+    );
+    let mut trace_props = serde_json::Map::new();
+    for f in FIELDS {
+        let schema = match f {
+            "attemptNumber" | "durationMs" => json!({"type": "integer"}),
+            "requestedAt" | "respondedAt" => {
+                json!({"type": "string", "format": "date-time", "description": "UTC, ISO-8601 with milliseconds"})
+            }
+            "requestPayload" | "responsePayload" => {
+                json!({"description": "JSON as stored (sanitized)"})
+            }
+            "overallStatus" => {
+                json!({"type": "string", "enum": ["pending", "in_progress", "success", "failed"]})
+            }
+            _ => json!({"type": "string"}),
+        };
+        trace_props.insert(f.to_owned(), schema);
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "trace-proxy query API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Read-only queries over communication_traces (DATA-002). Rows use the CommunicationTrace field names; times are UTC ISO-8601. Every response is capped at admin.max_response_bytes; `truncated: true` says something was cut. Ids containing '/' are percent-encoded (%2F) in paths.",
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/api/traces/{traceId}": {"get": {
+                "summary": "The trace chain: every attempt, by attemptNumber (getTraceChain)",
+                "parameters": [path("traceId", "the trace id"), payloads.clone(), fields.clone()],
+                "responses": merge(list_response(&format!("at most {MAX_CHAIN} attempts"), json!({"traceId": {"type": "string"}})),
+                    json!({"404": {"$ref": "#/components/responses/NotFound"}})),
+            }},
+            "/api/traces/{traceId}/diff": {"get": {
+                "summary": "What changed between consecutive attempts: request payload fields (JSON pointers), status, error code, duration; unchanged fields are left out",
+                "parameters": [path("traceId", "the trace id"), payloads.clone()],
+                "responses": {
+                    "200": {"description": "one item per consecutive pair", "content": {"application/json": {"schema": {"type": "object", "properties": {
+                        "traceId": {"type": "string"}, "attempts": {"type": "integer"}, "count": {"type": "integer"}, "truncated": {"type": "boolean"},
+                        "items": {"type": "array", "items": {"$ref": "#/components/schemas/AttemptDiff"}}}}}}},
+                    "400": {"$ref": "#/components/responses/BadRequest"},
+                    "401": {"$ref": "#/components/responses/Unauthorized"},
+                    "404": {"$ref": "#/components/responses/NotFound"},
+                },
+            }},
+            "/api/workflows/{workflowId}/failures": {"get": {
+                "summary": "Newest failed attempts of a workflow (getRecentFailures)",
+                "parameters": [path("workflowId", "the workflow id"), limit.clone(), cursor.clone(), payloads.clone(), fields.clone()],
+                "responses": paged.clone(),
+            }},
+            "/api/users/{userId}/history": {"get": {
+                "summary": "A user's attempts, newest first (getUserHistory)",
+                "parameters": [path("userId", "the user id"), limit.clone(), cursor.clone(), payloads.clone(), fields.clone()],
+                "responses": paged.clone(),
+            }},
+            "/api/executions/{executionId}/traces": {"get": {
+                "summary": "Every attempt of one workflow execution (DATA-004), oldest first",
+                "parameters": [param("executionId", "path", "the execution UUID", json!({"type": "string", "format": "uuid"})), payloads.clone(), fields.clone()],
+                "responses": merge(list_response(&format!("at most {MAX_CHAIN} attempts"), json!({"executionId": {"type": "string"}})),
+                    json!({"404": {"$ref": "#/components/responses/NotFound"}})),
+            }},
+            "/api/traces": {"get": {
+                "summary": "Search attempts, newest first, keyset-paginated",
+                "parameters": [
+                    param("status", "query", "overallStatus", json!({"type": "string", "enum": ["pending", "in_progress", "success", "failed"]})),
+                    text("workflowId", "exact workflow id"), text("userId", "exact user id"),
+                    text("destination", "exact destinationService"), text("errorCode", "exact error code, e.g. TIMEOUT"),
+                    time("since", "requestedAt >= since (RFC 3339 with zone)"), time("until", "requestedAt < until"),
+                    limit, cursor, payloads, fields,
+                ],
+                "responses": paged,
+            }},
+            "/api/stats": {"get": {
+                "summary": "Counts, failure rate and p50/p95 duration per group, largest groups first",
+                "parameters": [
+                    time("since", "requestedAt >= since; default until - 24 h"), time("until", "requestedAt < until; default now"),
+                    param("groupBy", "query", "grouping", json!({"type": "string", "enum": ["workflow", "destination", "errorCode"], "default": "workflow"})),
+                    param("limit", "query", &format!("most groups, 1..{MAX_LIMIT}"), json!({"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT})),
+                ],
+                "responses": {
+                    "200": {"description": "totals and groups", "content": {"application/json": {"schema": {"type": "object", "properties": {
+                        "since": {"type": "string", "format": "date-time"}, "until": {"type": "string", "format": "date-time"},
+                        "groupBy": {"type": "string"}, "totals": {"$ref": "#/components/schemas/Stats"},
+                        "count": {"type": "integer"}, "limit": {"type": "integer"}, "groupsTotal": {"type": "integer"},
+                        "truncated": {"type": "boolean", "description": "more groups than limit"},
+                        "items": {"type": "array", "items": {"$ref": "#/components/schemas/Stats"}}}}}}},
+                    "400": {"$ref": "#/components/responses/BadRequest"},
+                    "401": {"$ref": "#/components/responses/Unauthorized"},
+                    "504": {"$ref": "#/components/responses/Timeout"},
+                },
+            }},
+            "/api/openapi.json": {"get": {
+                "summary": "This document",
+                "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}}},
+            }},
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "admin.token or TRACE_PROXY_ADMIN_TOKEN"}},
+            "schemas": {
+                "CommunicationTrace": {"type": "object", "properties": trace_props},
+                "AttemptDiff": {"type": "object", "properties": {
+                    "fromAttempt": {"type": "integer"}, "toAttempt": {"type": "integer"},
+                    "request": {"type": "array", "items": {"type": "object", "properties": {
+                        "op": {"type": "string", "enum": ["added", "removed", "changed"]},
+                        "path": {"type": "string", "description": "RFC 6901 JSON pointer into requestPayload"},
+                        "value": {}, "old": {}, "new": {}}}},
+                    "overallStatus": {"$ref": "#/components/schemas/Change"},
+                    "errorCode": {"$ref": "#/components/schemas/Change"},
+                    "durationMs": {"$ref": "#/components/schemas/Change"}}},
+                "Change": {"type": "object", "description": "present only when the value changed", "properties": {"old": {}, "new": {}}},
+                "Stats": {"type": "object", "properties": {
+                    "key": {"type": ["string", "null"], "description": "the group's value (absent in totals)"},
+                    "count": {"type": "integer"}, "success": {"type": "integer"}, "failed": {"type": "integer"},
+                    "unfinished": {"type": "integer", "description": "pending + in_progress"},
+                    "failureRate": {"type": ["number", "null"], "description": "failed / (success + failed)"},
+                    "p50DurationMs": {"type": ["integer", "null"]}, "p95DurationMs": {"type": ["integer", "null"]}}},
+                "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
+                    "code": {"type": "string"}, "message": {"type": "string"}}}}},
+            },
+            "responses": {
+                "BadRequest": error("bad input; the message says which parameter and what was expected"),
+                "Unauthorized": error("missing or wrong bearer token"),
+                "NotFound": error("no such trace / execution / endpoint"),
+                "Unavailable": error("the database is unavailable"),
+                "Timeout": error("the query exceeded admin.statement_timeout_ms"),
+            },
+        },
+    })
+}
+
+fn error(description: &str) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+}
+
+fn merge(mut a: Value, b: Value) -> Value {
+    if let (Some(a), Value::Object(b)) = (a.as_object_mut(), b) {
+        a.extend(b);
+    }
+    a
+}

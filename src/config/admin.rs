@@ -1,0 +1,193 @@
+//! `[admin]`: the read-only query API listener (`crate::api`). Raw keys, their validation, and
+//! the bearer token, which never appears in `Debug` or printed output.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Environment variable that overrides `admin.token`.
+pub const ENV_ADMIN_TOKEN: &str = "TRACE_PROXY_ADMIN_TOKEN";
+
+/// Shortest token accepted: a guessable bearer token is no protection.
+const MIN_TOKEN_CHARS: usize = 16;
+/// Response byte budgets accepted (64 KiB ..= 64 MiB).
+const BUDGET_RANGE: std::ops::RangeInclusive<u64> = 65_536..=67_108_864;
+
+/// `[admin]` as written.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RawAdmin {
+    pub listen: String,
+    pub token: String,
+    pub pool_size: usize,
+    pub statement_timeout_ms: u64,
+    pub max_response_bytes: u64,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9090".into(),
+            token: String::new(),
+            pool_size: 2,
+            statement_timeout_ms: 2_000,
+            max_response_bytes: 1_048_576,
+        }
+    }
+}
+
+/// A bearer token: compared in constant time, printed as `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// True when `presented` is this token; the comparison time does not depend on where the
+    /// first difference is.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        let expected = self.0.as_bytes();
+        if presented.len() != expected.len() {
+            return false;
+        }
+        expected
+            .iter()
+            .zip(presented)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The validated `[admin]` section.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// `None`: `listen = ""`, the admin API is off.
+    pub listen: Option<SocketAddr>,
+    /// `None`: no token configured. The admin listener is then never started (a warning is
+    /// logged): an unauthenticated listener would expose every stored payload to anyone who
+    /// can reach it, loopback included (other local users, SSRF).
+    pub token: Option<Token>,
+    pub pool_size: usize,
+    pub statement_timeout: Duration,
+    pub max_response_bytes: usize,
+}
+
+impl AdminConfig {
+    /// The address to serve on, when the admin API is configured to run (listen and token).
+    pub fn serve_on(&self) -> Option<SocketAddr> {
+        self.token.as_ref().and(self.listen)
+    }
+}
+
+/// Checks `[admin]`, pushing every problem.
+pub fn validate_admin(r: &RawAdmin, problems: &mut Vec<String>) -> AdminConfig {
+    let listen = if r.listen.is_empty() {
+        None
+    } else {
+        SocketAddr::from_str(&r.listen)
+            .map_err(|e| {
+                problems.push(format!(
+                    "`admin.listen` {:?}: {e} (\"\" turns the admin API off)",
+                    r.listen
+                ))
+            })
+            .ok()
+    };
+    let token = if r.token.is_empty() {
+        None
+    } else {
+        if r.token.chars().count() < MIN_TOKEN_CHARS
+            || !r.token.bytes().all(|b| b.is_ascii_graphic())
+        {
+            problems.push(format!(
+                "`admin.token` must be at least {MIN_TOKEN_CHARS} visible ASCII characters (no spaces)"
+            ));
+        }
+        Some(Token(r.token.clone()))
+    };
+    if !(1..=64).contains(&r.pool_size) {
+        problems.push(format!(
+            "`admin.pool_size` ({}) must be between 1 and 64",
+            r.pool_size
+        ));
+    }
+    if r.statement_timeout_ms == 0 {
+        problems.push("`admin.statement_timeout_ms` must be greater than 0".into());
+    }
+    if !BUDGET_RANGE.contains(&r.max_response_bytes) {
+        problems.push(format!(
+            "`admin.max_response_bytes` ({}) must be between {} and {}",
+            r.max_response_bytes,
+            BUDGET_RANGE.start(),
+            BUDGET_RANGE.end()
+        ));
+    }
+    AdminConfig {
+        listen,
+        token,
+        pool_size: r.pool_size,
+        statement_timeout: Duration::from_millis(r.statement_timeout_ms),
+        max_response_bytes: usize::try_from(r.max_response_bytes).unwrap_or(usize::MAX),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_is_redacted_and_compared_whole() {
+        let t = Token("s3cret-s3cret-s3cret".into());
+        assert_eq!(format!("{t:?}"), "<redacted>");
+        assert!(t.matches(b"s3cret-s3cret-s3cret"));
+        assert!(!t.matches(b"s3cret-s3cret-s3cre"));
+        assert!(!t.matches(b"s3cret-s3cret-s3creT"));
+    }
+
+    #[test]
+    fn environment_token_wins_and_is_never_printed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("proxy.toml");
+        std::fs::write(
+            &path,
+            "[admin]\ntoken = \"file-token-file-token\"\n[[routes]]\nname = \"n8n\"\nupstream = \"http://127.0.0.1:5678\"\nsource_service = \"a\"\ndestination_service = \"b\"\n",
+        )
+        .expect("write");
+        let env = |k: &str| (k == ENV_ADMIN_TOKEN).then(|| "env-token-env-token-42".to_owned());
+        let c = crate::config::Config::load_with(&path, None, &env).expect("valid");
+        assert!(c
+            .admin
+            .token
+            .as_ref()
+            .is_some_and(|t| t.matches(b"env-token-env-token-42")));
+        assert_eq!(
+            c.admin.serve_on().map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:9090")
+        );
+        let printed = c.to_redacted_toml();
+        assert!(!printed.contains("token-"), "{printed}");
+        assert!(printed.contains("REDACTED"), "{printed}");
+        assert!(!format!("{c:?}").contains("token-"));
+    }
+
+    #[test]
+    fn no_token_means_not_served() {
+        let mut p = Vec::new();
+        let c = validate_admin(&RawAdmin::default(), &mut p);
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(c.serve_on(), None);
+        let raw = RawAdmin {
+            token: "short".into(),
+            max_response_bytes: 10,
+            ..RawAdmin::default()
+        };
+        validate_admin(&raw, &mut p);
+        assert_eq!(p.len(), 2, "{p:?}");
+    }
+}

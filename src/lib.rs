@@ -4,11 +4,13 @@
 //! [`run`] is the whole service: given a bound listener, a configuration and a shutdown signal,
 //! it migrates the schema, starts the store writer and serves until shutdown.
 
+pub mod api;
 pub mod capture;
 pub mod config;
 pub mod diff;
 pub mod metrics;
 pub mod proxy;
+pub mod retention;
 pub mod retry;
 pub mod sanitize;
 pub mod server;
@@ -42,6 +44,32 @@ pub async fn run(
     run_with_metrics(listener, config, Arc::new(Metrics::default()), shutdown).await
 }
 
+/// [`run_with_metrics`] plus the admin query API (`api`) on `admin`, when given and an
+/// `admin.token` is configured. The admin listener stops accepting when `shutdown` resolves and
+/// drains alongside the proxy.
+pub async fn run_with(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let admin = match admin {
+        Some(l) => api::start(l, &config, stopped)?,
+        None => None,
+    };
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
+    let result = run_with_metrics(listener, config.clone(), metrics, shutdown).await;
+    if let Some(admin) = admin {
+        admin.stopped(config.server.shutdown_timeout).await;
+    }
+    result
+}
+
 /// [`run`] with caller-owned metrics (tests read them).
 pub async fn run_with_metrics(
     listener: TcpListener,
@@ -64,15 +92,21 @@ pub async fn run_with_metrics(
     }
     let (store, writer) = Store::start(pool, &config.database, metrics.clone())?;
     let client = proxy::forward::build_client(&config.upstream)?;
+    // D5: a pass now, then every `retention.interval_secs` (one replica at a time).
+    let retention = retention::Scheduler::start(store.pool().clone(), config.retention.clone());
     let app = Arc::new(proxy::App {
         config: config.clone(),
         store,
         client,
         metrics,
+        interrupting: Default::default(),
     });
     tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         routes = config.routes.len(), "trace-proxy serving");
     server::serve(listener, app, shutdown).await;
+    if let Some(retention) = retention {
+        retention.stop(config.server.shutdown_timeout).await;
+    }
     // The writer stops once the last request's finish is queued and written.
     if !writer.drain(config.server.shutdown_timeout).await {
         tracing::warn!("shutdown deadline passed before every row was written");

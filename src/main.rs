@@ -38,6 +38,36 @@ enum Command {
     Migrate,
     /// Print the effective configuration (secrets redacted), or every problem in it.
     CheckConfig,
+    /// Detail retention (DATA-002 D5): archive old traces into summaries.
+    Retention {
+        #[command(subcommand)]
+        action: RetentionAction,
+    },
+    /// Query stored traces (the admin API's queries, straight from the database).
+    Traces {
+        #[command(subcommand)]
+        query: trace_proxy::api::cli::TracesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RetentionAction {
+    /// Run one full pass now and print what it archived and deleted.
+    Run {
+        /// Act as of this time instead of now (RFC 3339, e.g. 2025-06-01T00:00:00Z).
+        #[arg(long, value_parser = parse_rfc3339)]
+        now: Option<chrono::NaiveDateTime>,
+        /// Print what a pass would do; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// An RFC 3339 time as the UTC wall-clock time the tables store.
+fn parse_rfc3339(s: &str) -> Result<chrono::NaiveDateTime, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.naive_utc())
+        .map_err(|e| format!("{e} (expected RFC 3339, e.g. 2025-06-01T00:00:00Z)"))
 }
 
 fn main() -> ExitCode {
@@ -71,6 +101,10 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match command {
             Command::Migrate => migrate(&config).await,
+            Command::Retention {
+                action: RetentionAction::Run { now, dry_run },
+            } => retention_run(&config, now, dry_run).await,
+            Command::Traces { query } => traces(&config, query).await,
             _ => serve(config).await,
         }
     });
@@ -79,7 +113,9 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(error = %e, "trace-proxy failed");
             eprintln!("trace-proxy: {e}");
-            ExitCode::FAILURE
+            // A retention pass already running elsewhere is a "try again later" (75).
+            e.downcast_ref::<trace_proxy::retention::RetentionError>()
+                .map_or(ExitCode::FAILURE, |r| ExitCode::from(r.exit_code()))
         }
     }
 }
@@ -109,11 +145,64 @@ async fn migrate(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// One retention pass (`retention run`); the report goes to stdout.
+async fn retention_run(
+    config: &Config,
+    now: Option<chrono::NaiveDateTime>,
+    dry_run: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let pool = trace_proxy::store::pool(&config.database)?;
+    // A dry run changes nothing, migrations included.
+    if config.database.run_migrations && !dry_run {
+        let applied = trace_proxy::migrate_pool(&pool).await?;
+        if !applied.is_empty() {
+            tracing::info!(?applied, "migrations applied");
+        }
+    }
+    let now = now.unwrap_or_else(trace_proxy::trace::now_utc);
+    let report = trace_proxy::retention::run_once(&pool, &config.retention, now, dry_run).await?;
+    println!("{report}");
+    Ok(())
+}
+
 async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
-    trace_proxy::run(listener, Arc::new(config), shutdown_signal()).await?;
+    // The admin API runs only with a token (see `[admin]`); without one it is not bound at all.
+    let admin = match config.admin.serve_on() {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr} (admin.listen): {e}"))?,
+        ),
+        None => {
+            if config.admin.listen.is_some() {
+                tracing::warn!(
+                    "admin API off: set admin.token or TRACE_PROXY_ADMIN_TOKEN to enable it"
+                );
+            }
+            None
+        }
+    };
+    let metrics = Arc::new(trace_proxy::metrics::Metrics::default());
+    trace_proxy::run_with(
+        listener,
+        admin,
+        Arc::new(config),
+        metrics,
+        shutdown_signal(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// `traces …`: one query, printed to stdout.
+async fn traces(
+    config: &Config,
+    query: trace_proxy::api::cli::TracesCommand,
+) -> Result<(), Box<dyn std::error::Error>> {
+    print!("{}", trace_proxy::api::cli::run(config, query).await?);
     Ok(())
 }
 

@@ -2,16 +2,21 @@
 //! overrides; parsed into `RawConfig`, then validated into the typed `Config`, reporting every
 //! problem at once. Secrets (the database password) never appear in `Debug` or printed output.
 
+mod admin;
 mod raw;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
+pub use admin::{AdminConfig, Token, ENV_ADMIN_TOKEN};
 use http::header::HeaderName;
 use http::Uri;
 pub use raw::RawConfig;
+
+use crate::sanitize::{PatternSpec, RouteRules, RuleSpec, Sanitizer};
 
 /// Environment variables read by [`Config::load`].
 pub const ENV_NAME: &str = "TRACE_PROXY_ENV";
@@ -48,6 +53,11 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub correlation: CorrelationConfig,
     pub log: LogConfig,
+    /// D4 redaction rules; each route holds its own (these plus its overrides).
+    pub sanitize: Arc<Sanitizer>,
+    pub retention: RetentionConfig,
+    /// The read-only query API (`crate::api`).
+    pub admin: AdminConfig,
     /// Sorted longest prefix first, so the first match is the longest.
     pub routes: Vec<Route>,
     raw: Unprinted,
@@ -148,6 +158,26 @@ pub struct LogConfig {
     pub json: bool,
 }
 
+/// D5 retention (`crate::retention`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionConfig {
+    /// Detail rows older than this many days are archived and deleted (1..=36500).
+    pub detail_days: u32,
+    /// Summaries older than this many days are deleted; `None` = kept forever.
+    pub summary_days: Option<u32>,
+    /// Rows per archive transaction (1..=100000).
+    pub batch_size: u32,
+    /// How often a running proxy runs a pass; `None` = never (only `trace-proxy retention run`).
+    pub interval: Option<Duration>,
+}
+
+/// Longest retention accepted, in days (a century).
+const MAX_RETENTION_DAYS: u32 = 36_500;
+/// Largest archive batch accepted: bounded transactions are the point.
+const MAX_RETENTION_BATCH: u32 = 100_000;
+/// Longest scheduler interval accepted (a year).
+const MAX_RETENTION_INTERVAL_SECS: u64 = 366 * 24 * 3600;
+
 #[derive(Debug, Clone)]
 pub struct Route {
     pub name: String,
@@ -162,6 +192,8 @@ pub struct Route {
     pub action: Option<String>,
     pub require_user_id: bool,
     pub strip_prefix: bool,
+    /// `[sanitize]` plus this route's `[routes.sanitize]`, compiled.
+    pub sanitizer: Arc<Sanitizer>,
     pub retry: crate::retry::RetryPolicy,
 }
 
@@ -208,6 +240,9 @@ impl Config {
         if let Some(listen) = var(ENV_LISTEN).filter(|s| !s.is_empty()) {
             raw.server.listen = listen;
         }
+        if let Some(token) = var(ENV_ADMIN_TOKEN).filter(|s| !s.is_empty()) {
+            raw.admin.token = token;
+        }
         validate(raw, env_name, problems)
     }
 
@@ -226,6 +261,9 @@ impl Config {
     pub fn to_redacted_toml(&self) -> String {
         let mut raw = self.raw.0.clone();
         raw.database.url = redact_url(&raw.database.url);
+        if !raw.admin.token.is_empty() {
+            raw.admin.token = "REDACTED".into();
+        }
         let env = self.environment.as_deref().unwrap_or("(none)");
         match toml::to_string_pretty(&raw) {
             Ok(text) => format!("# effective configuration; environment overlay: {env}\n{text}"),
@@ -440,7 +478,10 @@ fn validate(
         });
     }
 
-    let routes = validate_routes(&raw, &mut problems);
+    let retention = validate_retention(&raw.retention, &mut problems);
+    let admin = admin::validate_admin(&raw.admin, &mut problems);
+    let sanitize = validate_sanitize(&raw.sanitize, &mut problems);
+    let routes = validate_routes(&raw, sanitize.as_ref(), &mut problems);
 
     if !problems.is_empty() {
         return Err(ConfigError::Invalid(problems));
@@ -506,12 +547,106 @@ fn validate(
             level: raw.log.level.clone(),
             json,
         },
+        sanitize: sanitize.ok_or_else(missing)?,
+        retention,
+        admin,
         routes,
         raw: Unprinted(raw),
     })
 }
 
-fn validate_routes(raw: &RawConfig, problems: &mut Vec<String>) -> Vec<Route> {
+fn validate_retention(r: &raw::RawRetention, problems: &mut Vec<String>) -> RetentionConfig {
+    if !(1..=MAX_RETENTION_DAYS).contains(&r.detail_days) {
+        problems.push(format!(
+            "`retention.detail_days` ({}) must be between 1 and {MAX_RETENTION_DAYS} (to stop the proxy running retention, set `retention.interval_secs = 0`)",
+            r.detail_days
+        ));
+    }
+    if r.summary_days != 0 && !(r.detail_days..=MAX_RETENTION_DAYS).contains(&r.summary_days) {
+        problems.push(format!(
+            "`retention.summary_days` ({}) must be 0 (keep forever) or between `retention.detail_days` ({}) and {MAX_RETENTION_DAYS}",
+            r.summary_days, r.detail_days
+        ));
+    }
+    if !(1..=MAX_RETENTION_BATCH).contains(&r.batch_size) {
+        problems.push(format!(
+            "`retention.batch_size` ({}) must be between 1 and {MAX_RETENTION_BATCH}",
+            r.batch_size
+        ));
+    }
+    if r.interval_secs > MAX_RETENTION_INTERVAL_SECS {
+        problems.push(format!(
+            "`retention.interval_secs` ({}) must be at most {MAX_RETENTION_INTERVAL_SECS} (a year); 0 = never",
+            r.interval_secs
+        ));
+    }
+    RetentionConfig {
+        detail_days: r.detail_days,
+        summary_days: (r.summary_days > 0).then_some(r.summary_days),
+        batch_size: r.batch_size,
+        interval: (r.interval_secs > 0).then(|| Duration::from_secs(r.interval_secs)),
+    }
+}
+
+/// `[sanitize]` compiled; `None` after reporting its problems.
+fn validate_sanitize(raw: &raw::RawSanitize, problems: &mut Vec<String>) -> Option<Arc<Sanitizer>> {
+    let spec = RuleSpec {
+        replacement: raw.replacement.clone(),
+        add_keys: raw.add_keys.clone(),
+        remove_keys: raw.remove_keys.clone(),
+        allow_number_keys: raw.allow_number_keys.clone(),
+        add_patterns: patterns(&raw.add_patterns),
+        remove_patterns: raw.remove_patterns.clone(),
+        max_decoded_bytes: raw.max_decoded_bytes,
+    };
+    Sanitizer::try_new(&spec)
+        .map(Arc::new)
+        .map_err(|e| problems.extend(e))
+        .ok()
+}
+
+/// A route's rules: the global ones, shared, unless `[routes.sanitize]` changes them.
+fn route_sanitizer(
+    global: Option<&Arc<Sanitizer>>,
+    raw: &raw::RawRouteSanitize,
+    at: &str,
+    problems: &mut Vec<String>,
+) -> Option<Arc<Sanitizer>> {
+    let global = global?;
+    let overrides = RouteRules {
+        replacement: raw.replacement.clone(),
+        add_keys: raw.add_keys.clone(),
+        remove_keys: raw.remove_keys.clone(),
+        add_patterns: patterns(&raw.add_patterns),
+        remove_patterns: raw.remove_patterns.clone(),
+    };
+    if overrides.is_empty() {
+        return Some(global.clone());
+    }
+    match global.for_route(&overrides) {
+        Ok(s) => Some(Arc::new(s)),
+        Err(e) => {
+            let route_key = |p: String| p.replacen("`sanitize.", "`routes.sanitize.", 1);
+            problems.extend(e.into_iter().map(|p| format!("{at}: {}", route_key(p))));
+            None
+        }
+    }
+}
+
+fn patterns(raw: &[raw::RawPattern]) -> Vec<PatternSpec> {
+    raw.iter()
+        .map(|p| PatternSpec {
+            name: p.name.clone(),
+            regex: p.regex.clone(),
+        })
+        .collect()
+}
+
+fn validate_routes(
+    raw: &RawConfig,
+    sanitize: Option<&Arc<Sanitizer>>,
+    problems: &mut Vec<String>,
+) -> Vec<Route> {
     if raw.routes.is_empty() {
         problems.push("at least one `[[routes]]` entry is required".into());
     }
@@ -585,6 +720,9 @@ fn validate_routes(raw: &RawConfig, problems: &mut Vec<String>) -> Vec<Route> {
                 continue;
             }
         };
+        let Some(sanitizer) = route_sanitizer(sanitize, &r.sanitize, &at, problems) else {
+            continue;
+        };
         routes.push(Route {
             name: r.name.clone(),
             path_prefix: r.path_prefix.clone(),
@@ -596,6 +734,7 @@ fn validate_routes(raw: &RawConfig, problems: &mut Vec<String>) -> Vec<Route> {
             action: r.action.clone().filter(|a| !a.is_empty()),
             require_user_id: r.require_user_id,
             strip_prefix: r.strip_prefix,
+            sanitizer,
             retry,
         });
     }
@@ -663,6 +802,67 @@ mod tests {
     }
 
     #[test]
+    fn sanitize_rules_global_and_per_route() {
+        let text = format!(
+            r#"
+            [sanitize]
+            replacement = "<secret>"
+            add_keys = ["ssn"]
+            remove_keys = ["pin"]
+            [[sanitize.add_patterns]]
+            name = "order_ref"
+            regex = "ORD-[0-9]{{6}}"
+            {MINIMAL}
+            [routes.sanitize]
+            add_keys = ["orderNote"]
+            remove_patterns = ["order_ref"]
+            [[routes]]
+            name = "plain"
+            path_prefix = "/plain/"
+            upstream = "http://127.0.0.1:5678"
+            source_service = "a"
+            destination_service = "b"
+            "#
+        );
+        let c = Config::from_toml_str(&text).expect("valid");
+        assert_eq!(c.sanitize.replacement(), "<secret>");
+        let n8n = c.routes.iter().find(|r| r.name == "n8n").expect("route");
+        let plain = c.routes.iter().find(|r| r.name == "plain").expect("route");
+        assert!(n8n.sanitizer.is_secret_key("order_note") && n8n.sanitizer.is_secret_key("SSN"));
+        assert!(
+            !plain.sanitizer.is_secret_key("orderNote") && !plain.sanitizer.is_secret_key("pin")
+        );
+        assert!(
+            Arc::ptr_eq(&plain.sanitizer, &c.sanitize),
+            "no overrides: shared"
+        );
+        assert!(c.to_redacted_toml().contains("order_ref"));
+
+        let bad = format!(
+            "[sanitize]\nreplacement = \"\"\nremove_patterns = [\"nope\"]\n{MINIMAL}\n[routes.sanitize]\nadd_keys = [\"*\"]\n"
+        );
+        let Err(ConfigError::Invalid(problems)) = Config::from_toml_str(&bad) else {
+            panic!("expected invalid config");
+        };
+        let all = problems.join("\n");
+        assert!(all.contains("`sanitize.replacement`"), "{all}");
+        assert!(all.contains("`sanitize.remove_patterns`"), "{all}");
+        let bad_route = format!("{MINIMAL}\n[routes.sanitize]\nadd_keys = [\"*\"]\nbogus = 1\n");
+        let Err(ConfigError::Invalid(problems)) = Config::from_toml_str(&bad_route) else {
+            panic!("expected invalid config");
+        };
+        let all = problems.join("\n");
+        assert!(
+            all.contains("routes[0] (\"n8n\"): `routes.sanitize.add_keys`"),
+            "{all}"
+        );
+        assert!(
+            all.contains("unknown key `routes.0.sanitize.bogus`"),
+            "{all}"
+        );
+    }
+
+    #[test]
     fn longest_prefix_wins() {
         let text = format!(
             "{MINIMAL}\n[[routes]]\nname = \"cb\"\npath_prefix = \"/callbacks/\"\nupstream = \"http://127.0.0.1:5000/api\"\nsource_service = \"n8n\"\ndestination_service = \"bilko-app\"\n"
@@ -681,6 +881,58 @@ mod tests {
                 .map(|r| r.upstream_base_path.as_str()),
             Some("/api")
         );
+    }
+
+    #[test]
+    fn retention_defaults_overlay_and_validation() {
+        let c = Config::from_toml_str(MINIMAL).expect("valid");
+        assert_eq!(
+            c.retention,
+            RetentionConfig {
+                detail_days: 30,
+                summary_days: None,
+                batch_size: 5_000,
+                interval: Some(Duration::from_secs(3_600)),
+            }
+        );
+        assert!(c.to_redacted_toml().contains("[retention]"));
+
+        // Per environment, through the overlay.
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("config")).expect("mkdir");
+        let main = dir.path().join("proxy.toml");
+        std::fs::write(&main, MINIMAL).expect("write");
+        std::fs::write(
+            dir.path().join("config/staging.toml"),
+            "[retention]\ndetail_days = 7\nsummary_days = 90\ninterval_secs = 0\n",
+        )
+        .expect("write");
+        let c = Config::load_with(&main, Some("staging"), &|_| None).expect("valid");
+        assert_eq!(c.retention.detail_days, 7);
+        assert_eq!(c.retention.summary_days, Some(90));
+        assert_eq!(c.retention.batch_size, 5_000);
+        assert_eq!(c.retention.interval, None);
+
+        let text = format!(
+            "{MINIMAL}\n[retention]\ndetail_days = 0\nsummary_days = 50000\nbatch_size = 0\ninterval_secs = 99999999999\n"
+        );
+        let Err(ConfigError::Invalid(problems)) = Config::from_toml_str(&text) else {
+            panic!("expected invalid retention config");
+        };
+        let all = problems.join("\n");
+        for needle in [
+            "retention.detail_days",
+            "retention.summary_days",
+            "retention.batch_size",
+            "retention.interval_secs",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        // summary_days shorter than detail_days would delete summaries of rows still in detail.
+        let text = format!("{MINIMAL}\n[retention]\ndetail_days = 30\nsummary_days = 29\n");
+        assert!(Config::from_toml_str(&text).is_err());
+        let text = format!("{MINIMAL}\n[retention]\ndetail_days = 30\nsummary_days = 30\n");
+        assert!(Config::from_toml_str(&text).is_ok());
     }
 
     #[test]

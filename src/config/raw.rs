@@ -12,6 +12,9 @@ pub struct RawConfig {
     pub upstream: RawUpstream,
     pub correlation: RawCorrelation,
     pub log: RawLog,
+    pub sanitize: RawSanitize,
+    pub retention: RawRetention,
+    pub admin: super::admin::RawAdmin,
     pub routes: Vec<RawRoute>,
 }
 
@@ -174,6 +177,84 @@ impl RawPathRule {
     }
 }
 
+/// `[sanitize]`: D4 redaction rules on top of the built-in ones (`crate::sanitize`).
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RawSanitize {
+    pub replacement: String,
+    pub add_keys: Vec<String>,
+    pub remove_keys: Vec<String>,
+    pub allow_number_keys: Vec<String>,
+    pub add_patterns: Vec<RawPattern>,
+    pub remove_patterns: Vec<String>,
+    pub max_decoded_bytes: usize,
+}
+
+impl Default for RawSanitize {
+    fn default() -> Self {
+        let d = crate::sanitize::RuleSpec::default();
+        Self {
+            replacement: d.replacement,
+            add_keys: Vec::new(),
+            remove_keys: Vec::new(),
+            allow_number_keys: d.allow_number_keys,
+            add_patterns: Vec::new(),
+            remove_patterns: Vec::new(),
+            max_decoded_bytes: d.max_decoded_bytes,
+        }
+    }
+}
+
+/// `[[sanitize.add_patterns]]` / `[[routes.sanitize.add_patterns]]`.
+#[derive(Clone, Deserialize, Serialize)]
+pub struct RawPattern {
+    pub name: String,
+    pub regex: String,
+}
+
+/// `[routes.sanitize]`: one route's additions and removals, over `[sanitize]`.
+#[derive(Clone, Deserialize, Serialize, Default)]
+#[serde(default)]
+pub struct RawRouteSanitize {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replacement: Option<String>,
+    pub add_keys: Vec<String>,
+    pub remove_keys: Vec<String>,
+    pub add_patterns: Vec<RawPattern>,
+    pub remove_patterns: Vec<String>,
+}
+
+impl RawRouteSanitize {
+    pub fn is_empty(&self) -> bool {
+        self.replacement.is_none()
+            && self.add_keys.is_empty()
+            && self.remove_keys.is_empty()
+            && self.add_patterns.is_empty()
+            && self.remove_patterns.is_empty()
+    }
+}
+
+/// `[retention]`: D5, see `crate::retention`.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RawRetention {
+    pub detail_days: u32,
+    pub summary_days: u32,
+    pub batch_size: u32,
+    pub interval_secs: u64,
+}
+
+impl Default for RawRetention {
+    fn default() -> Self {
+        Self {
+            detail_days: 30,
+            summary_days: 0,
+            batch_size: 5_000,
+            interval_secs: 3_600,
+        }
+    }
+}
+
 #[derive(Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct RawLog {
@@ -204,6 +285,8 @@ pub struct RawRoute {
     pub require_user_id: bool,
     #[serde(default)]
     pub strip_prefix: bool,
+    #[serde(default, skip_serializing_if = "RawRouteSanitize::is_empty")]
+    pub sanitize: RawRouteSanitize,
     #[serde(default)]
     pub retry: RawRetry,
 }

@@ -22,6 +22,21 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "attempt_unique",
         include_str!("../../sql/0003_attempt_unique.sql"),
     ),
+    (
+        4,
+        "retention_archive",
+        include_str!("../../sql/0004_retention_archive.sql"),
+    ),
+    (
+        5,
+        "redactions",
+        include_str!("../../sql/0005_redactions.sql"),
+    ),
+    (
+        6,
+        "query_indexes",
+        include_str!("../../sql/0006_query_indexes.sql"),
+    ),
 ];
 
 /// Arbitrary constant identifying the migration lock among advisory locks.

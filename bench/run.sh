@@ -14,6 +14,10 @@
 #   DURATION            seconds of each measured run              (10)
 #   WARMUP              seconds of the warm-up before each run    (2)
 #   NGINX_WORKERS       nginx worker_processes                    (auto)
+#   BASELINE_BIN        another trace-proxy binary (e.g. an earlier build) to
+#                       measure side by side as target "baseline", on port
+#                       BENCH_PORT_BASE + 3, recording into the same database;
+#                       adds "baseline" to BENCH_TARGETS after "trace-proxy"
 #
 # Everything listens on and is sent to 127.0.0.1 only. The bench database
 # (trace_proxy_bench) is dropped and re-created at the start and left behind
@@ -30,12 +34,17 @@ CONNS=${CONNS:-32}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 NGINX_WORKERS=${NGINX_WORKERS:-auto}
+BASELINE_BIN=${BASELINE_BIN:-}
+if [[ -n $BASELINE_BIN ]]; then
+    BENCH_TARGETS="$BENCH_TARGETS baseline"
+fi
 
 BENCH_DB=trace_proxy_bench
 HOST=127.0.0.1
 PROXY_PORT=$BENCH_PORT_BASE
 UPSTREAM_PORT=$((BENCH_PORT_BASE + 1))
 NGINX_PORT=$((BENCH_PORT_BASE + 2))
+BASELINE_PORT=$((BENCH_PORT_BASE + 3))
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
@@ -47,6 +56,8 @@ PROXY_REQUESTS_SENT=0
 UPSTREAM_PID=""
 NGINX_PID=""
 PROXY_PID=""
+BASELINE_PID=""
+STARTED_PID=""
 TMP=""
 
 # ---------------------------------------------------------------- helpers
@@ -64,10 +75,10 @@ cleanup() {
     local pid
     # Only ever the PIDs we recorded ourselves: other nginx or postgres
     # instances on this machine are none of our business.
-    for pid in $PROXY_PID $NGINX_PID $UPSTREAM_PID; do
+    for pid in $BASELINE_PID $PROXY_PID $NGINX_PID $UPSTREAM_PID; do
         kill "$pid" 2>/dev/null || true
     done
-    for pid in $PROXY_PID $NGINX_PID $UPSTREAM_PID; do
+    for pid in $BASELINE_PID $PROXY_PID $NGINX_PID $UPSTREAM_PID; do
         wait "$pid" 2>/dev/null || true
     done
     if [[ -n $TMP && -d $TMP ]]; then
@@ -96,7 +107,7 @@ validate_settings() {
     local t
     for t in $BENCH_TARGETS; do
         case $t in
-        direct | nginx | trace-proxy) ;;
+        direct | nginx | trace-proxy | baseline) ;;
         *) die "unknown target '$t' in BENCH_TARGETS (known: direct nginx trace-proxy)" ;;
         esac
     done
@@ -104,7 +115,11 @@ validate_settings() {
     int_at_least DURATION 1
     int_at_least WARMUP 1
     int_at_least BENCH_PORT_BASE 1
-    ((BENCH_PORT_BASE < 65534)) || die "BENCH_PORT_BASE must leave room for two more ports"
+    ((BENCH_PORT_BASE < 65532)) || die "BENCH_PORT_BASE must leave room for three more ports"
+    if [[ -n $BASELINE_BIN ]]; then
+        [[ -x $BASELINE_BIN ]] || die "BASELINE_BIN '$BASELINE_BIN' is not an executable"
+        has_target trace-proxy || die "BASELINE_BIN needs the trace-proxy target (it migrates the database)"
+    fi
     # The database must be on this machine as well: the proxy writes one row
     # per request, and none of that traffic may leave loopback.
     local hostpart=${BENCH_DATABASE_URL#*://}
@@ -291,11 +306,14 @@ EOF
     wait_for_port "$NGINX_PORT" "$NGINX_PID" 10 nginx "$TMP/nginx/error.log"
 }
 
-start_proxy() {
-    ensure_port_free "$PROXY_PORT"
-    cat >"$TMP/proxy.toml" <<EOF
+# Starts trace-proxy binary $1 as target $2 on port $3, recording into the bench database;
+# its PID is left in STARTED_PID.
+start_one_proxy() {
+    local bin=$1 name=$2 port=$3
+    ensure_port_free "$port"
+    cat >"$TMP/$name.toml" <<EOF
 [server]
-listen = "$HOST:$PROXY_PORT"
+listen = "$HOST:$port"
 
 [database]
 url = "$PROXY_DB_URL"
@@ -307,11 +325,21 @@ upstream = "http://$HOST:$UPSTREAM_PORT"
 source_service = "bilko-app"
 destination_service = "n8n"
 EOF
-    RUST_LOG=warn "$TARGET_DIR/release/trace-proxy" serve --config "$TMP/proxy.toml" \
-        >"$TMP/trace-proxy.log" 2>&1 &
-    PROXY_PID=$!
+    RUST_LOG=warn "$bin" serve --config "$TMP/$name.toml" >"$TMP/$name.log" 2>&1 &
+    STARTED_PID=$!
     # Longer deadline: the proxy runs its migrations before it listens.
-    wait_for_port "$PROXY_PORT" "$PROXY_PID" 30 trace-proxy "$TMP/trace-proxy.log"
+    wait_for_port "$port" "$STARTED_PID" 30 "$name" "$TMP/$name.log"
+}
+
+start_proxy() {
+    start_one_proxy "$TARGET_DIR/release/trace-proxy" trace-proxy "$PROXY_PORT"
+    PROXY_PID=$STARTED_PID
+    # The baseline starts after the proxy under test migrated the database, so both write
+    # to the same table with the same indexes.
+    if [[ -n $BASELINE_BIN ]]; then
+        start_one_proxy "$BASELINE_BIN" baseline "$BASELINE_PORT"
+        BASELINE_PID=$STARTED_PID
+    fi
 }
 
 write_wrk_script() {
@@ -331,6 +359,7 @@ target_port() {
     direct) echo "$UPSTREAM_PORT" ;;
     nginx) echo "$NGINX_PORT" ;;
     trace-proxy) echo "$PROXY_PORT" ;;
+    baseline) echo "$BASELINE_PORT" ;;
     esac
 }
 
@@ -369,7 +398,7 @@ measure() {
         /Socket errors:/ { gsub(/,/, ""); n += $4 + $6 + $8 + $10 }
         END { print n + 0 }' "$out")
 
-    if [[ $target == trace-proxy ]]; then
+    if [[ $target == trace-proxy || $target == baseline ]]; then
         PROXY_REQUESTS_SENT=$((PROXY_REQUESTS_SENT + $(wrk_requests "$warm") + $(wrk_requests "$out")))
     fi
 }
@@ -458,6 +487,12 @@ print_comparisons() {
             'BEGIN { printf "trace-proxy p50 - direct p50 (1 conn): %+.3f ms\n", p - d }'
     else
         echo "trace-proxy p50 - direct p50 (1 conn): n/a (needs both targets)"
+    fi
+    if [[ -n ${RPS[baseline/tput]:-} && -n ${RPS[trace-proxy/tput]:-} ]]; then
+        awk -v p="${RPS[trace-proxy/tput]}" -v b="${RPS[baseline/tput]}" -v c="$CONNS" \
+            'BEGIN { printf "trace-proxy / baseline rps (%s conns): %.3f\n", c, (b > 0 ? p / b : 0) }'
+        awk -v p="${P50[trace-proxy/c1]}" -v b="${P50[baseline/c1]}" \
+            'BEGIN { printf "trace-proxy p50 - baseline p50 (1 conn): %+.3f ms\n", p - b }'
     fi
     printf 'one commit (pgbench, 1 client, avg): %s ms\n' "$COMMIT_MS"
     printf 'one D1-shaped commit (pgbench, 1 row into a copy of communication_traces, avg): %s ms\n' "$D1_COMMIT_MS"

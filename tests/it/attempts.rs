@@ -316,3 +316,53 @@ async fn concurrent_requests_on_one_trace_get_distinct_gap_free_numbers() {
     assert_eq!(stored, (1..=8).collect::<Vec<_>>());
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn each_retry_has_its_pending_row_committed_before_it_is_sent() {
+    let db = TestDb::new().await;
+    let observer = Arc::new(connect(&db.url()).await);
+    let seen = Arc::new(Mutex::new(Vec::<Vec<(i32, String)>>::new()));
+    let (obs, s) = (observer.clone(), seen.clone());
+    let up = upstream(move |req| {
+        let (obs, s) = (obs.clone(), s.clone());
+        async move {
+            let trace = req.headers()["x-trace-id"]
+                .to_str()
+                .unwrap_or("")
+                .to_owned();
+            // Another connection sees only committed rows.
+            let rows = obs
+                .query(
+                    "SELECT attempt_number, overall_status FROM communication_traces \
+                     WHERE trace_id = $1 ORDER BY attempt_number",
+                    &[&trace],
+                )
+                .await
+                .expect("observer query");
+            let n = {
+                let mut s = s.lock().expect("lock");
+                s.push(rows.iter().map(|r| (r.get(0), r.get(1))).collect());
+                s.len()
+            };
+            let status = if n < 3 { 503 } else { 200 };
+            Response::builder()
+                .status(status)
+                .body(full(""))
+                .expect("response")
+        }
+    })
+    .await;
+    let proxy = Proxy::start(&retry_config(&db, up, RETRY3)).await;
+    let (parts, _) = send(get(&proxy.url("/x"), &new_trace_id())).await;
+    assert_eq!(parts.status, 200);
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 3);
+    for (i, rows) in seen.iter().enumerate() {
+        // Attempt i+1 arrives with its own row (and every earlier one) committed; an earlier
+        // attempt's final update may still be in flight, so only the newest status is fixed.
+        let numbers: Vec<i32> = rows.iter().map(|r| r.0).collect();
+        assert_eq!(numbers, (1..=i as i32 + 1).collect::<Vec<_>>(), "{rows:?}");
+        assert_eq!(rows[i].1, "pending");
+    }
+    proxy.stop().await;
+}

@@ -17,7 +17,7 @@
 #   BASELINE_BIN        another trace-proxy binary (e.g. an earlier build) to
 #                       measure side by side as target "baseline", on port
 #                       BENCH_PORT_BASE + 3, recording into the same database;
-#                       adds "baseline" to BENCH_TARGETS after "trace-proxy"
+#                       adds "baseline" to BENCH_TARGETS (last, unless listed)
 #
 # Everything listens on and is sent to 127.0.0.1 only. The bench database
 # (trace_proxy_bench) is dropped and re-created at the start and left behind
@@ -35,7 +35,8 @@ DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 NGINX_WORKERS=${NGINX_WORKERS:-auto}
 BASELINE_BIN=${BASELINE_BIN:-}
-if [[ -n $BASELINE_BIN ]]; then
+# Measured after the others unless BENCH_TARGETS places "baseline" itself.
+if [[ -n $BASELINE_BIN && " $BENCH_TARGETS " != *" baseline "* ]]; then
     BENCH_TARGETS="$BENCH_TARGETS baseline"
 fi
 
@@ -49,7 +50,7 @@ BASELINE_PORT=$((BENCH_PORT_BASE + 3))
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 # Results, keyed "<target>/<mode>" with mode "tput" or "c1".
-declare -A RPS P50 P99 ERRS
+declare -A RPS P50 P99 ERRS CPU_US
 PROXY_REQUESTS_SENT=0
 
 # PIDs of the processes this script started; cleanup kills exactly these.
@@ -366,6 +367,17 @@ target_port() {
 # Number of requests wrk completed, from "N requests in 10.00s, ...".
 wrk_requests() { awk '/ requests in / { print $1 }' "$1"; }
 
+# CPU time (user + system, in clock ticks) a process has used so far.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+# The PID serving a target, for targets whose CPU use is reported.
+target_pid() {
+    case $1 in
+    trace-proxy) echo "$PROXY_PID" ;;
+    baseline) echo "$BASELINE_PID" ;;
+    esac
+}
+
 # One wrk invocation; the output goes to the file $1.
 run_wrk() {
     local out=$1 threads=$2 conns=$3 secs=$4 url=$5
@@ -385,7 +397,17 @@ measure() {
 
     log "$target: warm-up ${WARMUP}s, then ${DURATION}s with $conns connection(s)"
     run_wrk "$warm" "$threads" "$conns" "$WARMUP" "$url"
+    # The proxy's own CPU per request is steadier than throughput, which the database's
+    # background work (checkpoints, autovacuum) moves from run to run.
+    local pid before=""
+    pid=$(target_pid "$target")
+    [[ -n $pid ]] && before=$(cpu_ticks "$pid")
     run_wrk "$out" "$threads" "$conns" "$DURATION" "$url"
+    if [[ -n $before ]]; then
+        CPU_US[$target/$mode]=$(awk -v b="$before" -v a="$(cpu_ticks "$pid")" \
+            -v hz="$(getconf CLK_TCK)" -v n="$(wrk_requests "$out")" \
+            'BEGIN { printf "%.1f", (n > 0 ? (a - b) / hz * 1e6 / n : 0) }')
+    fi
 
     local key="$target/$mode"
     RPS[$key]=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
@@ -462,14 +484,15 @@ settle_rows() {
 
 print_table() {
     local t mode conns key
-    printf '\n%-12s %6s %12s %10s %10s %8s\n' target conns rps "p50 ms" "p99 ms" errors
+    printf '\n%-12s %6s %12s %10s %10s %8s %12s\n' target conns rps "p50 ms" "p99 ms" errors "proxy cpu/req"
     for mode in tput c1; do
         for t in $BENCH_TARGETS; do
             key="$t/$mode"
             conns=1
             [[ $mode == tput ]] && conns=$CONNS
-            printf '%-12s %6s %12s %10s %10s %8s\n' "$t" "$conns" \
-                "${RPS[$key]:-n/a}" "${P50[$key]:-n/a}" "${P99[$key]:-n/a}" "${ERRS[$key]:-n/a}"
+            printf '%-12s %6s %12s %10s %10s %8s %12s\n' "$t" "$conns" \
+                "${RPS[$key]:-n/a}" "${P50[$key]:-n/a}" "${P99[$key]:-n/a}" "${ERRS[$key]:-n/a}" \
+                "${CPU_US[$key]:+${CPU_US[$key]} us}"
         done
     done
     echo

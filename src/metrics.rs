@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Every counter here must also be listed in [`Metrics::render`] (`/metrics`).
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Requests that reached a route.
@@ -23,6 +24,14 @@ pub struct Metrics {
     /// Writer batches and the rows they carried.
     pub writer_batches: AtomicU64,
     pub writer_ops: AtomicU64,
+    /// Answers by route and status class.
+    pub route_requests: RouteCounters,
+    /// Attempt durations (as stored in `duration_ms`).
+    pub attempt_duration: Histogram<AttemptSeconds>,
+    /// Waits for the pending row's commit (D1).
+    pub d1_insert: Histogram<InsertSeconds>,
+    /// Operations per writer batch.
+    pub writer_batch_ops: Histogram<BatchOps>,
 }
 
 /// A point-in-time copy of [`Metrics`].
@@ -59,5 +68,373 @@ impl Metrics {
             writer_batches: g(&self.writer_batches),
             writer_ops: g(&self.writer_ops),
         }
+    }
+}
+
+/// Fixed histogram buckets: upper bounds in the unit values are observed in (nanoseconds for
+/// durations, plain counts otherwise), and the factor that turns that unit into the exported one.
+pub trait Buckets {
+    /// Upper bounds, ascending; `+Inf` is implied.
+    const BOUNDS: &'static [u64];
+    /// Observed units per exported unit (1e9: nanoseconds → seconds). Dividing (not multiplying
+    /// by 1e-9) gives the nearest float, so bounds print as `0.025`, not `0.025000000000000001`.
+    const PER_UNIT: f64;
+}
+
+/// Attempt durations: 1 ms .. 60 s.
+#[derive(Debug)]
+pub struct AttemptSeconds;
+impl Buckets for AttemptSeconds {
+    const BOUNDS: &'static [u64] = &[
+        1_000_000,
+        5_000_000,
+        10_000_000,
+        25_000_000,
+        50_000_000,
+        100_000_000,
+        250_000_000,
+        500_000_000,
+        1_000_000_000,
+        2_500_000_000,
+        5_000_000_000,
+        10_000_000_000,
+        30_000_000_000,
+        60_000_000_000,
+    ];
+    const PER_UNIT: f64 = 1e9;
+}
+
+/// D1 insert waits: 0.25 ms .. 5 s (the insert timeout is usually a few seconds).
+#[derive(Debug)]
+pub struct InsertSeconds;
+impl Buckets for InsertSeconds {
+    const BOUNDS: &'static [u64] = &[
+        250_000,
+        500_000,
+        1_000_000,
+        2_500_000,
+        5_000_000,
+        10_000_000,
+        25_000_000,
+        50_000_000,
+        100_000_000,
+        250_000_000,
+        500_000_000,
+        1_000_000_000,
+        2_500_000_000,
+        5_000_000_000,
+    ];
+    const PER_UNIT: f64 = 1e9;
+}
+
+/// Writer batch sizes (operations per batch).
+#[derive(Debug)]
+pub struct BatchOps;
+impl Buckets for BatchOps {
+    const BOUNDS: &'static [u64] = &[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
+    const PER_UNIT: f64 = 1.0;
+}
+
+/// A fixed-bucket histogram of relaxed atomics: an observation is one bucket scan and three
+/// `fetch_add`s, no lock. Buckets are stored per bucket and made cumulative when rendered.
+pub struct Histogram<B: Buckets> {
+    /// One slot per bound, then the `+Inf` slot.
+    counts: Box<[AtomicU64]>,
+    /// Sum of observations, in the observed unit.
+    sum: AtomicU64,
+    count: AtomicU64,
+    _buckets: std::marker::PhantomData<B>,
+}
+
+impl<B: Buckets> Default for Histogram<B> {
+    fn default() -> Self {
+        Histogram {
+            counts: (0..=B::BOUNDS.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+            _buckets: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<B: Buckets> std::fmt::Debug for Histogram<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Histogram")
+            .field("count", &self.count.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Buckets> Histogram<B> {
+    /// Records one value in the observed unit.
+    pub fn observe(&self, value: u64) {
+        let slot = B::BOUNDS
+            .iter()
+            .position(|&b| value <= b)
+            .unwrap_or(B::BOUNDS.len());
+        if let Some(c) = self.counts.get(slot) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum.fetch_add(value, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records a duration (for histograms observed in nanoseconds).
+    pub fn observe_duration(&self, d: std::time::Duration) {
+        self.observe(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// Observations recorded so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Appends the histogram in Prometheus text format. `_count` is the sum of the buckets read,
+    /// so `+Inf` always equals it even while observations race the read.
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        use std::fmt::Write;
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let mut cumulative = 0u64;
+        for (i, c) in self.counts.iter().enumerate() {
+            cumulative += c.load(Ordering::Relaxed);
+            match B::BOUNDS.get(i) {
+                Some(&b) => {
+                    let le = b as f64 / B::PER_UNIT;
+                    let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+                }
+                None => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+                }
+            }
+        }
+        let sum = self.sum.load(Ordering::Relaxed) as f64 / B::PER_UNIT;
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {cumulative}");
+    }
+}
+
+/// Status class of an answer to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// An upstream response, by its first digit (1..=5).
+    Http(u16),
+    /// A proxy-generated failure (no upstream response passed on).
+    Error,
+}
+
+impl Class {
+    const LABELS: [&'static str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+
+    pub fn of_status(status: u16) -> Class {
+        Class::Http(status / 100)
+    }
+
+    fn slot(self) -> usize {
+        match self {
+            Class::Http(d @ 1..=5) => usize::from(d - 1),
+            // Out-of-range statuses cannot come from hyper; count them as errors.
+            _ => 5,
+        }
+    }
+}
+
+/// Answers per configured route and status class. The label set is fixed at startup from the
+/// configured route names (bounded cardinality); counting is a name scan and a relaxed add.
+#[derive(Debug, Default)]
+pub struct RouteCounters {
+    routes: std::sync::OnceLock<Box<[(String, ClassCounts)]>>,
+}
+
+/// One route's counts, indexed like [`Class::LABELS`].
+type ClassCounts = [AtomicU64; 6];
+
+impl RouteCounters {
+    /// Sets the route names once; later calls (a second run sharing the metrics) are ignored.
+    pub fn register<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        let _ = self.routes.set(
+            names
+                .into_iter()
+                .map(|n| (n.to_owned(), Default::default()))
+                .collect(),
+        );
+    }
+
+    /// The slot of route `name`, if registered.
+    pub fn slot(&self, name: &str) -> Option<usize> {
+        self.routes.get()?.iter().position(|(n, _)| n == name)
+    }
+
+    /// Counts one answer on route `slot`.
+    pub fn count(&self, slot: Option<usize>, class: Class) {
+        if let Some((_, c)) = slot.and_then(|s| self.routes.get()?.get(s)) {
+            c[class.slot()].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The count for `route` and class label (`2xx`, `error`, …), for tests.
+    pub fn get(&self, route: &str, class: &str) -> u64 {
+        let i = Class::LABELS.iter().position(|l| *l == class);
+        self.routes
+            .get()
+            .and_then(|r| r.iter().find(|(n, _)| n == route))
+            .zip(i)
+            .map_or(0, |((_, c), i)| c[i].load(Ordering::Relaxed))
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        use std::fmt::Write;
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (route, counts) in self.routes.get().into_iter().flatten() {
+            let route = escape_label(route);
+            for (label, c) in Class::LABELS.iter().zip(counts) {
+                let v = c.load(Ordering::Relaxed);
+                let _ = writeln!(out, "{name}{{route=\"{route}\",class=\"{label}\"}} {v}");
+            }
+        }
+    }
+}
+
+/// A label value as the exposition format wants it: `\`, `"` and newline escaped.
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Content type of [`Metrics::render`]'s output.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+impl Metrics {
+    /// Everything, in the Prometheus text exposition format 0.0.4.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::with_capacity(8192);
+        let counters: [(&str, &AtomicU64, &str); 10] = [
+            ("requests", &self.requests, "Requests that reached a route."),
+            (
+                "rows_started",
+                &self.rows_started,
+                "Pending rows committed (D1).",
+            ),
+            (
+                "rows_finished",
+                &self.rows_finished,
+                "Final updates written (D2).",
+            ),
+            (
+                "unrecorded",
+                &self.unrecorded,
+                "Requests forwarded without a pending row (on_unavailable = forward).",
+            ),
+            (
+                "rejected_unavailable",
+                &self.rejected_unavailable,
+                "Requests answered 503 because no pending row could be written.",
+            ),
+            (
+                "finish_failed",
+                &self.finish_failed,
+                "Final updates that could not be written.",
+            ),
+            (
+                "truncated_payloads",
+                &self.truncated_payloads,
+                "Payloads stored with a truncation indicator.",
+            ),
+            (
+                "retries",
+                &self.retries,
+                "Attempts the proxy repeated (D3).",
+            ),
+            (
+                "writer_batches",
+                &self.writer_batches,
+                "Batches the store writer wrote.",
+            ),
+            (
+                "writer_ops",
+                &self.writer_ops,
+                "Operations (inserts, updates) the store writer wrote.",
+            ),
+        ];
+        for (name, c, help) in counters {
+            let v = c.load(Ordering::Relaxed);
+            let _ = writeln!(out, "# HELP trace_proxy_{name}_total {help}");
+            let _ = writeln!(out, "# TYPE trace_proxy_{name}_total counter");
+            let _ = writeln!(out, "trace_proxy_{name}_total {v}");
+        }
+        self.route_requests.render(
+            &mut out,
+            "trace_proxy_route_requests_total",
+            "Answers to clients by route and status class (error: generated by the proxy).",
+        );
+        self.attempt_duration.render(
+            &mut out,
+            "trace_proxy_attempt_duration_seconds",
+            "Attempt duration, from forwarding (or arrival) to the end of the exchange.",
+        );
+        self.d1_insert.render(
+            &mut out,
+            "trace_proxy_d1_insert_seconds",
+            "Time spent waiting for the pending row's commit (D1) before forwarding.",
+        );
+        self.writer_batch_ops.render(
+            &mut out,
+            "trace_proxy_writer_batch_ops",
+            "Operations per store writer batch.",
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod exposition_tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_end_at_count() {
+        let h = Histogram::<BatchOps>::default();
+        for v in [1, 1, 3, 5000] {
+            h.observe(v);
+        }
+        let mut out = String::new();
+        h.render(&mut out, "b", "x");
+        assert!(out.contains("b_bucket{le=\"1\"} 2\n"), "{out}");
+        assert!(out.contains("b_bucket{le=\"2\"} 2\n"), "{out}");
+        assert!(out.contains("b_bucket{le=\"4\"} 3\n"), "{out}");
+        assert!(out.contains("b_bucket{le=\"1024\"} 3\n"), "{out}");
+        assert!(
+            out.contains("b_bucket{le=\"+Inf\"} 4\nb_sum 5005\nb_count 4\n"),
+            "{out}"
+        );
+        let d = Histogram::<AttemptSeconds>::default();
+        d.observe_duration(std::time::Duration::from_millis(3));
+        let mut out = String::new();
+        d.render(&mut out, "d", "x");
+        assert!(out.contains("d_bucket{le=\"0.001\"} 0\n"), "{out}");
+        assert!(out.contains("d_bucket{le=\"0.005\"} 1\n"), "{out}");
+        assert!(out.contains("d_sum 0.003\n"), "{out}");
+    }
+
+    #[test]
+    fn route_counters_only_count_registered_routes_and_escape_labels() {
+        let m = Metrics::default();
+        m.route_requests.register(["n8n", "a\"b"]);
+        let slot = m.route_requests.slot("n8n");
+        m.route_requests.count(slot, Class::of_status(204));
+        m.route_requests.count(slot, Class::Error);
+        m.route_requests
+            .count(m.route_requests.slot("other"), Class::Error);
+        assert_eq!(m.route_requests.get("n8n", "2xx"), 1);
+        assert_eq!(m.route_requests.get("n8n", "error"), 1);
+        let text = m.render();
+        assert!(text.contains("trace_proxy_route_requests_total{route=\"n8n\",class=\"2xx\"} 1\n"));
+        assert!(
+            text.contains("{route=\"a\\\"b\",class=\"5xx\"} 0\n"),
+            "{text}"
+        );
+        assert!(!text.contains("other"));
     }
 }

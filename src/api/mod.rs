@@ -1,10 +1,14 @@
-//! The admin listener: a read-only JSON query API over `communication_traces` for agents and
-//! people (DATA-002 "Agent Access"), separate from the proxy listener, behind a bearer token.
-//! SQL lives in `crate::store::query`; JSON shaping in [`render`]; this module owns the listener,
+//! The admin listener, separate from the proxy listener: health and metrics for the platform
+//! (no token), and a read-only JSON query API over `communication_traces` for agents and people
+//! (DATA-002 "Agent Access"), behind a bearer token. SQL lives in `crate::store::query`; JSON
+//! shaping in [`render`]; the metrics text in `crate::metrics`; this module owns the listener,
 //! authentication, routing and the one error → HTTP mapping.
 //!
 //! | endpoint | what |
 //! |---|---|
+//! | `GET /healthz` | the process is alive: 200 `ok` (no token) |
+//! | `GET /readyz` | 200 when PostgreSQL answers `SELECT 1` in time, else 503 (no token) |
+//! | `GET /metrics` | Prometheus text format 0.0.4 (no token) |
 //! | `GET /api/traces/{traceId}` | the chain, by attempt number (getTraceChain) |
 //! | `GET /api/traces/{traceId}/diff` | what changed between consecutive attempts |
 //! | `GET /api/workflows/{workflowId}/failures` | newest failed attempts (getRecentFailures) |
@@ -38,6 +42,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::config::{Config, Token};
+use crate::metrics::Metrics;
 use crate::store::query::{self, Cursor, GroupBy, PageRows, QueryError, SearchFilter};
 use crate::store::StoreError;
 use crate::trace::{Status, TraceRow};
@@ -50,22 +55,27 @@ pub const MAX_CHAIN: i64 = 1000;
 const MAX_CONNECTIONS: usize = 64;
 /// Default stats window: the last day.
 const DEFAULT_STATS_WINDOW: chrono::TimeDelta = chrono::TimeDelta::days(1);
+/// How long `/readyz` waits for a pooled connection to answer `SELECT 1`.
+pub const READY_DEADLINE: Duration = Duration::from_secs(2);
 
 type Resp = Response<Full<Bytes>>;
 
 /// What the handlers share.
 pub struct ApiState {
     pool: Pool,
-    token: Token,
+    /// `None`: the query API answers 403 (health and metrics still serve).
+    token: Option<Token>,
     budget: usize,
+    metrics: Arc<Metrics>,
 }
 
 impl ApiState {
-    pub fn new(pool: Pool, token: Token, budget: usize) -> ApiState {
+    pub fn new(pool: Pool, token: Option<Token>, budget: usize, metrics: Arc<Metrics>) -> ApiState {
         ApiState {
             pool,
             token,
             budget,
+            metrics,
         }
     }
 }
@@ -93,23 +103,26 @@ pub fn query_pool(config: &Config) -> Result<Pool, StoreError> {
     crate::store::pool(&db)
 }
 
-/// Starts serving the admin API on `listener` until `stop` turns true. Without a configured
-/// token the listener is not served at all (logged), since it would expose every payload.
+/// Starts serving the admin listener on `listener` until `stop` turns true. Health and metrics
+/// always serve; without a configured token the query API refuses every request (logged), since
+/// it would expose every stored payload.
 pub fn start(
     listener: TcpListener,
     config: &Config,
+    metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
-) -> Result<Option<AdminServer>, StoreError> {
-    let Some(token) = config.admin.token.clone() else {
+) -> Result<AdminServer, StoreError> {
+    let token = config.admin.token.clone();
+    if token.is_none() {
         tracing::warn!(
-            "admin API not started: no admin.token (or TRACE_PROXY_ADMIN_TOKEN) configured"
+            "admin query API disabled: no admin.token (or TRACE_PROXY_ADMIN_TOKEN) configured; /healthz, /readyz and /metrics still serve"
         );
-        return Ok(None);
-    };
+    }
     let state = Arc::new(ApiState::new(
         query_pool(config)?,
         token,
         config.admin.max_response_bytes,
+        metrics,
     ));
     let addr = listener
         .local_addr()
@@ -119,7 +132,7 @@ pub fn start(
     let drain = config.server.shutdown_timeout;
     let header_timeout = config.server.header_read_timeout;
     let task = tokio::spawn(serve(listener, state, stop, header_timeout, drain));
-    Ok(Some(AdminServer { task }))
+    Ok(AdminServer { task })
 }
 
 async fn serve(
@@ -192,6 +205,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    #[error("the query API is disabled until admin.token (or TRACE_PROXY_ADMIN_TOKEN) is set")]
+    Disabled,
     #[error("{0}")]
     NotFound(String),
     #[error("this API is read-only: only GET is allowed")]
@@ -225,6 +240,7 @@ fn error_response(e: &ApiError) -> Resp {
     let (status, code) = match e {
         ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
         ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+        ApiError::Disabled => (StatusCode::FORBIDDEN, "API_DISABLED"),
         ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
         ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
         ApiError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "QUERY_TIMEOUT"),
@@ -266,26 +282,94 @@ fn json_response(status: StatusCode, body: &Value) -> Resp {
 /// Answers one admin request. The body of the request is never read.
 pub async fn handle<B>(state: &ApiState, req: Request<B>) -> Resp {
     let started = Instant::now();
-    let result = route(state, &req).await;
-    let resp = match &result {
-        Ok(body) => json_response(StatusCode::OK, body),
-        Err(e) => error_response(e),
+    let resp = match req.uri().path() {
+        "/healthz" | "/readyz" | "/metrics" => platform(state, &req).await,
+        _ => match &route(state, &req).await {
+            Ok(body) => json_response(StatusCode::OK, body),
+            Err(e) => error_response(e),
+        },
     };
     tracing::debug!(method = %req.method(), path = %req.uri().path(), status = resp.status().as_u16(),
         elapsed_ms = started.elapsed().as_millis() as u64, "admin request");
     resp
 }
 
+/// `/healthz`, `/readyz`, `/metrics`: for load balancers, orchestrators and Prometheus, so no
+/// token. They expose counts and route names only, never stored payloads.
+async fn platform<B>(state: &ApiState, req: &Request<B>) -> Resp {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return error_response(&ApiError::MethodNotAllowed);
+    }
+    match req.uri().path() {
+        "/healthz" => text_response(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
+        "/readyz" => match ready(&state.pool).await {
+            Ok(()) => text_response(
+                StatusCode::OK,
+                "text/plain; charset=utf-8",
+                "ready\n".into(),
+            ),
+            Err(reason) => {
+                tracing::debug!(%reason, "not ready");
+                text_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain; charset=utf-8",
+                    format!("not ready: {reason}\n"),
+                )
+            }
+        },
+        _ => text_response(
+            StatusCode::OK,
+            crate::metrics::PROMETHEUS_CONTENT_TYPE,
+            state.metrics.render(),
+        ),
+    }
+}
+
+/// Able to record: a pooled connection answers `SELECT 1` within [`READY_DEADLINE`].
+async fn ready(pool: &Pool) -> Result<(), String> {
+    let check = async {
+        let client = pool.get().await.map_err(|e| e.to_string())?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(READY_DEADLINE, check).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("database unreachable: {e}")),
+        Err(_) => Err(format!(
+            "database did not answer SELECT 1 within {} ms",
+            READY_DEADLINE.as_millis()
+        )),
+    }
+}
+
+fn text_response(status: StatusCode, content_type: &'static str, body: String) -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
 fn authorized<B>(state: &ApiState, req: &Request<B>) -> bool {
+    let Some(token) = &state.token else {
+        return false;
+    };
     let Some(value) = req.headers().get(header::AUTHORIZATION) else {
         return false;
     };
     let v = value.as_bytes();
     // RFC 6750 §2.1: `Bearer` is case-insensitive, one space, then the token.
-    v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") && state.token.matches(&v[7..])
+    v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") && token.matches(&v[7..])
 }
 
 async fn route<B>(state: &ApiState, req: &Request<B>) -> Result<Value, ApiError> {
+    if state.token.is_none() {
+        return Err(ApiError::Disabled);
+    }
     if !authorized(state, req) {
         return Err(ApiError::Unauthorized);
     }

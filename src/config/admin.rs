@@ -1,5 +1,5 @@
-//! `[admin]`: the read-only query API listener (`crate::api`). Raw keys, their validation, and
-//! the bearer token, which never appears in `Debug` or printed output.
+//! `[admin]`: the admin listener (`crate::api`: health, metrics, the read-only query API). Raw
+//! keys, their validation, and the bearer token, which never appears in `Debug` or printed output.
 
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -67,11 +67,11 @@ impl std::fmt::Debug for Token {
 /// The validated `[admin]` section.
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
-    /// `None`: `listen = ""`, the admin API is off.
+    /// `None`: `listen = ""`, the admin listener is off (no health, metrics or query API).
     pub listen: Option<SocketAddr>,
-    /// `None`: no token configured. The admin listener is then never started (a warning is
-    /// logged): an unauthenticated listener would expose every stored payload to anyone who
-    /// can reach it, loopback included (other local users, SSRF).
+    /// `None`: no token configured. The query API then refuses every request (a warning is
+    /// logged): without a token it would expose every stored payload to anyone who can reach
+    /// it, loopback included (other local users, SSRF). Health and metrics need no token.
     pub token: Option<Token>,
     pub pool_size: usize,
     pub statement_timeout: Duration,
@@ -79,9 +79,9 @@ pub struct AdminConfig {
 }
 
 impl AdminConfig {
-    /// The address to serve on, when the admin API is configured to run (listen and token).
+    /// The address to serve the admin listener on, unless `listen = ""`.
     pub fn serve_on(&self) -> Option<SocketAddr> {
-        self.token.as_ref().and(self.listen)
+        self.listen
     }
 }
 
@@ -177,11 +177,20 @@ mod tests {
     }
 
     #[test]
-    fn no_token_means_not_served() {
+    fn no_token_still_serves_health_and_empty_listen_does_not() {
         let mut p = Vec::new();
         let c = validate_admin(&RawAdmin::default(), &mut p);
         assert!(p.is_empty(), "{p:?}");
-        assert_eq!(c.serve_on(), None);
+        assert!(c.token.is_none());
+        assert_eq!(
+            c.serve_on().map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:9090")
+        );
+        let off = RawAdmin {
+            listen: String::new(),
+            ..RawAdmin::default()
+        };
+        assert_eq!(validate_admin(&off, &mut p).serve_on(), None);
         let raw = RawAdmin {
             token: "short".into(),
             max_response_bytes: 10,

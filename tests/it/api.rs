@@ -254,21 +254,40 @@ async fn every_request_needs_the_bearer_token_and_only_get_is_allowed() {
 }
 
 #[tokio::test]
-async fn without_a_token_the_admin_listener_is_not_served() {
+async fn without_a_token_the_query_api_is_disabled_but_health_serves() {
     let db = TestDb::new().await;
     let toml = config(&db, closed_port().await, "");
     let a = Admin::start(&toml).await;
     wait_for_migrations(&db).await;
-    // The proxy serves; the admin port was released (never served without a token).
-    let mut refused = false;
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(a.admin).await.is_err() {
-            refused = true;
-            break;
+    // Every query endpoint refuses, whatever token is presented, and says why.
+    for (path, auth) in [
+        ("/api/openapi.json", None),
+        ("/api/traces/some-trace", Some(format!("Bearer {TOKEN}"))),
+        ("/api/nope", None),
+    ] {
+        let mut req = Request::get(a.url(path));
+        if let Some(v) = &auth {
+            req = req.header("authorization", v);
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (parts, body) = send(req.body(Full::new(Bytes::new())).expect("req")).await;
+        assert_eq!(parts.status, 403, "{path}");
+        let v: Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v["error"]["code"], "API_DISABLED", "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("disabled until admin.token")),
+            "{v}"
+        );
     }
-    assert!(refused, "admin port still accepting without a token");
+    // The listener itself serves health without a token; the proxy serves too.
+    let (parts, body) = send(
+        Request::get(a.url("/healthz"))
+            .body(Full::new(Bytes::new()))
+            .expect("req"),
+    )
+    .await;
+    assert_eq!((parts.status.as_u16(), &body[..]), (200, &b"ok\n"[..]));
     assert!(tokio::net::TcpStream::connect(a.proxy).await.is_ok());
     a.stop().await;
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod diff;
 pub mod metrics;
 pub mod proxy;
+pub mod recovery;
 pub mod retention;
 pub mod retry;
 pub mod sanitize;
@@ -44,9 +45,9 @@ pub async fn run(
     run_with_metrics(listener, config, Arc::new(Metrics::default()), shutdown).await
 }
 
-/// [`run_with_metrics`] plus the admin query API (`api`) on `admin`, when given and an
-/// `admin.token` is configured. The admin listener stops accepting when `shutdown` resolves and
-/// drains alongside the proxy.
+/// [`run_with_metrics`] plus the admin listener (`api`) on `admin`, when given: `/healthz`,
+/// `/readyz` and `/metrics` always, the query API once `admin.token` is set. The admin listener
+/// stops accepting when `shutdown` resolves and drains alongside the proxy.
 pub async fn run_with(
     listener: TcpListener,
     admin: Option<TcpListener>,
@@ -56,7 +57,7 @@ pub async fn run_with(
 ) -> Result<(), RunError> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let admin = match admin {
-        Some(l) => api::start(l, &config, stopped)?,
+        Some(l) => Some(api::start(l, &config, metrics.clone(), stopped)?),
         None => None,
     };
     let shutdown = async move {
@@ -77,6 +78,9 @@ pub async fn run_with_metrics(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    metrics
+        .route_requests
+        .register(config.routes.iter().map(|r| r.name.as_str()));
     let pool = store::pool(&config.database)?;
     if config.database.run_migrations {
         // Migrate before serving when the database is there; otherwise keep trying in the
@@ -90,10 +94,15 @@ pub async fn run_with_metrics(
             }
         }
     }
-    let (store, writer) = Store::start(pool, &config.database, metrics.clone())?;
+    // Crash recovery: every row this process inserts carries its instance id.
+    let instance = uuid::Uuid::new_v4();
+    let (store, writer) = Store::start(pool, &config.database, metrics.clone(), instance)?;
     let client = proxy::forward::build_client(&config.upstream)?;
     // D5: a pass now, then every `retention.interval_secs` (one replica at a time).
     let retention = retention::Scheduler::start(store.pool().clone(), config.retention.clone());
+    // Registered and heartbeating; resolves the rows of dead instances every heartbeat.
+    let recovery =
+        recovery::Recovery::start(store.pool().clone(), &config.recovery, instance).await;
     let app = Arc::new(proxy::App {
         config: config.clone(),
         store,
@@ -108,9 +117,12 @@ pub async fn run_with_metrics(
         retention.stop(config.server.shutdown_timeout).await;
     }
     // The writer stops once the last request's finish is queued and written.
-    if !writer.drain(config.server.shutdown_timeout).await {
+    let drained = writer.drain(config.server.shutdown_timeout).await;
+    if !drained {
         tracing::warn!("shutdown deadline passed before every row was written");
     }
+    // Deregistered only when every row is final; otherwise replicas resolve what is left.
+    recovery.stop(config.server.shutdown_timeout, drained).await;
     Ok(())
 }
 

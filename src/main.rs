@@ -169,21 +169,15 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
-    // The admin API runs only with a token (see `[admin]`); without one it is not bound at all.
+    // The admin listener (health, metrics; the query API once a token is set) runs unless
+    // `admin.listen = ""`.
     let admin = match config.admin.serve_on() {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| format!("cannot listen on {addr} (admin.listen): {e}"))?,
         ),
-        None => {
-            if config.admin.listen.is_some() {
-                tracing::warn!(
-                    "admin API off: set admin.token or TRACE_PROXY_ADMIN_TOKEN to enable it"
-                );
-            }
-            None
-        }
+        None => None,
     };
     let metrics = Arc::new(trace_proxy::metrics::Metrics::default());
     trace_proxy::run_with(

@@ -4,6 +4,7 @@
 
 mod admin;
 mod raw;
+mod recovery;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ pub use admin::{AdminConfig, Token, ENV_ADMIN_TOKEN};
 use http::header::HeaderName;
 use http::Uri;
 pub use raw::RawConfig;
+pub use recovery::RecoveryConfig;
 
 use crate::sanitize::{PatternSpec, RouteRules, RuleSpec, Sanitizer};
 
@@ -56,6 +58,8 @@ pub struct Config {
     /// D4 redaction rules; each route holds its own (these plus its overrides).
     pub sanitize: Arc<Sanitizer>,
     pub retention: RetentionConfig,
+    /// Crash recovery (`crate::recovery`).
+    pub recovery: RecoveryConfig,
     /// The read-only query API (`crate::api`).
     pub admin: AdminConfig,
     /// Sorted longest prefix first, so the first match is the longest.
@@ -479,6 +483,7 @@ fn validate(
     }
 
     let retention = validate_retention(&raw.retention, &mut problems);
+    let recovery = recovery::validate_recovery(&raw.recovery, &mut problems);
     let admin = admin::validate_admin(&raw.admin, &mut problems);
     let sanitize = validate_sanitize(&raw.sanitize, &mut problems);
     let routes = validate_routes(&raw, sanitize.as_ref(), &mut problems);
@@ -549,6 +554,7 @@ fn validate(
         },
         sanitize: sanitize.ok_or_else(missing)?,
         retention,
+        recovery,
         admin,
         routes,
         raw: Unprinted(raw),

@@ -14,6 +14,7 @@ pub struct RawConfig {
     pub log: RawLog,
     pub sanitize: RawSanitize,
     pub retention: RawRetention,
+    pub recovery: super::recovery::RawRecovery,
     pub admin: super::admin::RawAdmin,
     pub routes: Vec<RawRoute>,
 }

@@ -24,7 +24,7 @@ use crate::capture::{
     RequestStats, TeeBody,
 };
 use crate::config::{Config, OnUnavailable};
-use crate::metrics::Metrics;
+use crate::metrics::{Class, Metrics};
 use crate::retry::{self, Decision, Failure};
 use crate::sanitize::{redactions_record, BodySample, Redactions, Sanitizer, Stored};
 use crate::store::{PendingInsert, Store};
@@ -369,6 +369,8 @@ struct Attempt {
     retry_note: Option<String>,
     /// The route's redaction rules, for the response payload and the error detail.
     sanitizer: Arc<Sanitizer>,
+    /// The route's slot in the per-route answer counters.
+    route_slot: Option<usize>,
 }
 
 /// Response facts kept for the final update.
@@ -520,6 +522,7 @@ impl Attempt {
         sanitizer: Arc<Sanitizer>,
     ) -> Self {
         let id = start.id;
+        let route_slot = app.metrics.route_requests.slot(&start.route_name);
         let insert = match app.store.begin(start) {
             Ok(pending) => Insert::Unknown(pending),
             Err(e) => Insert::Failed(e.to_string()),
@@ -536,6 +539,7 @@ impl Attempt {
             number: None,
             retry_note: None,
             sanitizer,
+            route_slot,
         }
     }
 
@@ -543,10 +547,16 @@ impl Attempt {
     async fn wait_recorded(&mut self) -> Result<(), String> {
         let limit = self.app.store.insert_timeout();
         let result = match &mut self.insert {
-            Some(Insert::Unknown(pending)) => match pending.wait(Some(limit)).await {
-                None => return Err(format!("no commit within {} ms", limit.as_millis())),
-                Some(r) => r,
-            },
+            Some(Insert::Unknown(pending)) => {
+                let waited = Instant::now();
+                let r = pending.wait(Some(limit)).await;
+                let metrics = &self.app.metrics;
+                metrics.d1_insert.observe_duration(waited.elapsed());
+                match r {
+                    None => return Err(format!("no commit within {} ms", limit.as_millis())),
+                    Some(r) => r,
+                }
+            }
             Some(Insert::Committed) => return Ok(()),
             Some(Insert::Failed(e)) => return Err(e.clone()),
             None => return Err("attempt already finished".into()),
@@ -568,6 +578,7 @@ impl Attempt {
     /// Finishes the attempt as failed with `e` and answers the client locally.
     fn fail_locally(mut self, e: ProxyError, corr: &Correlation) -> Response<ProxyBody> {
         self.finish(Outcome::error(&e));
+        (self.app.metrics.route_requests).count(self.route_slot, Class::Error);
         local(&e, Some((corr, self.number)), &self.app.config)
     }
 
@@ -576,6 +587,8 @@ impl Attempt {
     fn respond(self, resp: Response<Incoming>, corr: &Correlation) -> Response<ProxyBody> {
         let cfg = self.app.config.clone();
         let (mut parts, body) = resp.into_parts();
+        (self.app.metrics.route_requests)
+            .count(self.route_slot, Class::of_status(parts.status.as_u16()));
         forward::strip_hop_by_hop(&mut parts.headers);
         let meta = ResponseMeta::new(&parts.headers, parts.status, &cfg);
         add_correlation_headers(&mut parts.headers, corr, self.number, &cfg);
@@ -637,6 +650,7 @@ impl Attempt {
             outcome.error_detail = Some(e.to_string());
         }
         let duration = self.forwarded_at.unwrap_or(self.arrived).elapsed();
+        self.app.metrics.attempt_duration.observe_duration(duration);
         note_truncation(
             &self.app.metrics,
             outcome.response_truncated,

@@ -37,6 +37,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "query_indexes",
         include_str!("../../sql/0006_query_indexes.sql"),
     ),
+    (7, "instances", include_str!("../../sql/0007_instances.sql")),
 ];
 
 /// Arbitrary constant identifying the migration lock among advisory locks.

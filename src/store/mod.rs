@@ -142,10 +142,12 @@ fn pool_with(cfg: &DatabaseConfig, size: usize, session: &str) -> Result<Pool, S
 
 impl Store {
     /// Starts the writer tasks, on their own pool ([`writer_pool`]); `pool` serves the rest.
+    /// Every row they insert carries `instance`, this process's id (`crate::recovery`).
     pub fn start(
         pool: Pool,
         cfg: &DatabaseConfig,
         metrics: Arc<Metrics>,
+        instance: Uuid,
     ) -> Result<(Store, Writer), StoreError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let tasks = writer::spawn(
@@ -155,6 +157,7 @@ impl Store {
             cfg.max_batch_rows,
             cfg.finish_linger,
             metrics,
+            instance,
         );
         Ok((
             Store {

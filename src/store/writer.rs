@@ -32,14 +32,14 @@ const INSERT: &str = "
 INSERT INTO communication_traces (
     id, trace_id, execution_id, attempt_number, source_service, destination_service,
     workflow_id, action, user_id, requested_at, request_payload, n8n_execution_id,
-    http_method, http_target, route_name, redactions)
+    http_method, http_target, route_name, redactions, proxy_instance)
 SELECT u.id, u.trace_id, u.execution_id,
     (COALESCE((SELECT max(c.attempt_number) FROM communication_traces c
                WHERE c.trace_id = u.trace_id), 0)
      + row_number() OVER (PARTITION BY u.trace_id ORDER BY u.ord))::int4,
     u.source_service, u.destination_service, u.workflow_id, u.action, u.user_id,
     u.requested_at, u.request_payload, u.n8n_execution_id, u.http_method, u.http_target,
-    u.route_name, u.redactions
+    u.route_name, u.redactions, $16::uuid
 FROM unnest(
     $1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[],
     $8::text[], $9::timestamp[], $10::jsonb[], $11::text[], $12::text[], $13::text[],
@@ -50,8 +50,9 @@ FROM unnest(
 ON CONFLICT DO NOTHING
 RETURNING id, attempt_number";
 
-/// Parameters of [`INSERT`].
-const INSERT_PARAMS: usize = 15;
+/// Parameters of [`INSERT`]: 15 column arrays, then this process's instance id (crash recovery,
+/// `crate::recovery`) as one scalar.
+const INSERT_PARAMS: usize = 16;
 
 /// Rows already stored (an insert sent again): their numbers; nothing is inserted.
 const EXISTING: &str =
@@ -118,6 +119,7 @@ pub(super) fn spawn(
     max_batch: usize,
     linger: Duration,
     metrics: Arc<Metrics>,
+    instance: Uuid,
 ) -> Vec<JoinHandle<()>> {
     let rx = Arc::new(Mutex::new(rx));
     (0..tasks)
@@ -128,6 +130,7 @@ pub(super) fn spawn(
                 max_batch,
                 linger,
                 metrics.clone(),
+                instance,
             ))
         })
         .collect()
@@ -139,6 +142,7 @@ async fn run(
     max_batch: usize,
     linger: Duration,
     metrics: Arc<Metrics>,
+    instance: Uuid,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
     loop {
@@ -164,10 +168,11 @@ async fn run(
             }
         }
         Metrics::inc(&metrics.writer_batches);
+        metrics.writer_batch_ops.observe(batch.len() as u64);
         metrics
             .writer_ops
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        write_batch(&pool, &mut batch, &metrics).await;
+        write_batch(&pool, &mut batch, &metrics, instance).await;
         batch.clear();
     }
 }
@@ -191,6 +196,8 @@ struct Inserts {
     route: Vec<String>,
     redactions: Vec<Option<Value>>,
     waiters: Vec<Option<oneshot::Sender<Result<i32, StoreError>>>>,
+    /// The proxy instance inserting these rows (`proxy_instance`).
+    instance: Uuid,
 }
 
 impl Inserts {
@@ -230,12 +237,16 @@ impl Inserts {
             &self.target,
             &self.route,
             &self.redactions,
+            &self.instance,
         ]
     }
 
     /// The rows at `idx`, waiters moved along.
     fn take(&mut self, idx: &[usize]) -> Inserts {
-        let mut out = Inserts::default();
+        let mut out = Inserts {
+            instance: self.instance,
+            ..Inserts::default()
+        };
         for &i in idx {
             out.id.push(self.id[i]);
             out.trace_id.push(self.trace_id[i].clone());
@@ -347,8 +358,11 @@ fn opt_text(s: Option<String>) -> Option<String> {
     s.map(text)
 }
 
-async fn write_batch(pool: &Pool, batch: &mut Vec<Op>, metrics: &Metrics) {
-    let mut ins = Inserts::default();
+async fn write_batch(pool: &Pool, batch: &mut Vec<Op>, metrics: &Metrics, instance: Uuid) {
+    let mut ins = Inserts {
+        instance,
+        ..Inserts::default()
+    };
     let mut fin = Finishes::default();
     let mut progress = Vec::new();
     for op in batch.drain(..) {

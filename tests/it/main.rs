@@ -3,8 +3,10 @@
 mod api;
 mod attempts;
 mod failures;
+mod health;
 mod protocol;
 mod recording;
+mod recovery;
 mod retention;
 mod sanitize;
 mod support;

@@ -5,16 +5,12 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{NaiveDateTime, TimeDelta};
 use http::{Request, Response};
 use http_body_util::Full;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use trace_proxy::metrics::Metrics;
 use trace_proxy::store::query::{self, Cursor, GroupBy, Page, SearchFilter};
 use trace_proxy::trace::Status;
 use trace_proxy::Config;
@@ -27,37 +23,16 @@ const TOKEN: &str = "test-admin-token-0123456789";
 struct Admin {
     proxy: SocketAddr,
     admin: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    running: Proxy,
 }
 
 impl Admin {
     async fn start(toml: &str) -> Admin {
-        let config = Config::from_toml_str(toml).unwrap_or_else(|e| panic!("test config: {e}"));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
-        let proxy = listener.local_addr().expect("addr");
-        let admin = admin_listener.local_addr().expect("addr");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let shutdown = async {
-                let _ = stopped.await;
-            };
-            trace_proxy::run_with(
-                listener,
-                Some(admin_listener),
-                Arc::new(config),
-                Arc::new(Metrics::default()),
-                shutdown,
-            )
-            .await
-            .expect("proxy run");
-        });
+        let running = Proxy::start_with_admin(toml).await;
         Admin {
-            proxy,
-            admin,
-            stop: Some(stop),
-            task: Some(task),
+            proxy: running.addr,
+            admin: running.admin.expect("admin listener"),
+            running,
         }
     }
 
@@ -84,13 +59,8 @@ impl Admin {
         v
     }
 
-    async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
-        }
+    async fn stop(self) {
+        self.running.stop().await;
     }
 }
 

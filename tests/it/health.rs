@@ -4,16 +4,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use trace_proxy::metrics::Metrics;
-use trace_proxy::Config;
 
 use crate::support::*;
 
@@ -21,37 +16,16 @@ use crate::support::*;
 struct Running {
     proxy: SocketAddr,
     admin: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    running: Proxy,
 }
 
 impl Running {
     async fn start(toml: &str) -> Running {
-        let config = Config::from_toml_str(toml).unwrap_or_else(|e| panic!("test config: {e}"));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
-        let proxy = listener.local_addr().expect("addr");
-        let admin = admin_listener.local_addr().expect("addr");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let shutdown = async {
-                let _ = stopped.await;
-            };
-            trace_proxy::run_with(
-                listener,
-                Some(admin_listener),
-                Arc::new(config),
-                Arc::new(Metrics::default()),
-                shutdown,
-            )
-            .await
-            .expect("proxy run");
-        });
+        let running = Proxy::start_with_admin(toml).await;
         Running {
-            proxy,
-            admin,
-            stop: Some(stop),
-            task: Some(task),
+            proxy: running.addr,
+            admin: running.admin.expect("admin listener"),
+            running,
         }
     }
 
@@ -71,13 +45,8 @@ impl Running {
         (parts.status.as_u16(), ct, body)
     }
 
-    async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
-        }
+    async fn stop(self) {
+        self.running.stop().await;
     }
 }
 

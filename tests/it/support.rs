@@ -170,6 +170,8 @@ pub async fn closed_port() -> SocketAddr {
 /// A running proxy.
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// The admin listener, when started with [`Proxy::start_with_admin`].
+    pub admin: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -178,9 +180,25 @@ pub struct Proxy {
 impl Proxy {
     /// Starts the proxy with `toml` (a complete config; `server.listen` is ignored).
     pub async fn start(toml: &str) -> Proxy {
+        Self::launch(toml, false).await
+    }
+
+    /// [`Proxy::start`] plus the admin listener, also on 127.0.0.1:0.
+    pub async fn start_with_admin(toml: &str) -> Proxy {
+        Self::launch(toml, true).await
+    }
+
+    async fn launch(toml: &str, with_admin: bool) -> Proxy {
         let config = Config::from_toml_str(toml).unwrap_or_else(|e| panic!("test config: {e}"));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("addr");
+        let admin_listener = match with_admin {
+            true => Some(TcpListener::bind("127.0.0.1:0").await.expect("bind admin")),
+            false => None,
+        };
+        let admin = admin_listener
+            .as_ref()
+            .map(|l| l.local_addr().expect("addr"));
         let metrics = Arc::new(Metrics::default());
         let (stop, stopped) = oneshot::channel::<()>();
         let m = metrics.clone();
@@ -188,12 +206,13 @@ impl Proxy {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            trace_proxy::run_with_metrics(listener, Arc::new(config), m, shutdown)
+            trace_proxy::run_with(listener, admin_listener, Arc::new(config), m, shutdown)
                 .await
                 .expect("proxy run");
         });
         Proxy {
             addr,
+            admin,
             metrics,
             stop: Some(stop),
             task: Some(task),

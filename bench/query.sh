@@ -24,6 +24,10 @@
 # re-created at the start and left behind for inspection.
 set -euo pipefail
 
+# shellcheck source=bench/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+BENCH_NAME=bench/query
+
 BENCH_DATABASE_URL=${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 ROWS=${ROWS:-1000000}
 REQUESTS=${REQUESTS:-2000}
@@ -44,11 +48,6 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PROXY_PID=""
 TMP=""
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() {
-    printf 'bench: error: %s\n' "$*" >&2
-    exit 1
-}
 
 cleanup() {
     if [[ -n $PROXY_PID ]] && kill -0 "$PROXY_PID" 2>/dev/null; then
@@ -59,12 +58,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The bench database's URL: BENCH_DATABASE_URL with its database name replaced.
-db_url() {
-    local base=${BENCH_DATABASE_URL%%\?*} query=""
-    [[ $BENCH_DATABASE_URL == *\?* ]] && query="?${BENCH_DATABASE_URL#*\?}"
-    printf '%s/%s%s' "${base%/*}" "$BENCH_DB" "$query"
-}
 
 wait_port() {
     for _ in $(seq 1 200); do
@@ -76,7 +69,7 @@ wait_port() {
 
 command -v psql >/dev/null || die "psql is required"
 TMP=$(mktemp -d)
-DB_URL=$(db_url)
+DB_URL=$(bench_database_url)
 PSQL=(psql -X -q -v ON_ERROR_STOP=1)
 
 log "building (release)"

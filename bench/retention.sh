@@ -23,6 +23,10 @@
 #   BENCH_KEEP_DB       1 = leave the bench database behind     (0)
 set -euo pipefail
 
+# shellcheck source=bench/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+BENCH_NAME=bench/retention
+
 ROWS=${ROWS:-1000000}
 SMALL_ROWS=${SMALL_ROWS:-100000}
 KEEP_ROWS=${KEEP_ROWS:-10000}
@@ -34,11 +38,6 @@ BENCH_DB=trace_proxy_retention_bench
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TMP=""
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() {
-    printf 'bench/retention: error: %s\n' "$*" >&2
-    exit 1
-}
 
 cleanup() {
     local rc=$?
@@ -58,13 +57,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-int_at_least() {
-    local name=$1 min=$2
-    local value=${!name}
-    if ! [[ $value =~ ^[0-9]+$ ]] || ((value < min)); then
-        die "$name must be an integer >= $min (got '$value')"
-    fi
-}
 
 validate_settings() {
     int_at_least ROWS 1
@@ -80,16 +72,6 @@ validate_settings() {
     esac
 }
 
-# The admin URL with the database name swapped for ours.
-bench_database_url() {
-    local url=$BENCH_DATABASE_URL query=""
-    if [[ $url == *\?* ]]; then
-        query="?${url#*\?}"
-        url=${url%%\?*}
-    fi
-    local scheme=${url%%://*} rest=${url#*://}
-    printf '%s://%s/%s%s\n' "$scheme" "${rest%%/*}" "$BENCH_DB" "$query"
-}
 
 install_time() {
     [[ -x /usr/bin/time ]] && return

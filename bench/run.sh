@@ -24,6 +24,10 @@
 # for inspection.
 set -euo pipefail
 
+# shellcheck source=bench/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+BENCH_NAME=bench
+
 # ---------------------------------------------------------------- settings
 
 BENCH_TARGETS=${BENCH_TARGETS:-direct nginx trace-proxy}
@@ -63,11 +67,6 @@ TMP=""
 
 # ---------------------------------------------------------------- helpers
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() {
-    printf 'bench: error: %s\n' "$*" >&2
-    exit 1
-}
 
 has_target() { [[ " $BENCH_TARGETS " == *" $1 "* ]]; }
 
@@ -95,14 +94,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Dies unless the variable named $1 holds an integer >= $2.
-int_at_least() {
-    local name=$1 min=$2
-    local value=${!name}
-    if ! [[ $value =~ ^[0-9]+$ ]] || ((value < min)); then
-        die "$name must be an integer >= $min (got '$value')"
-    fi
-}
 
 validate_settings() {
     local t
@@ -132,17 +123,6 @@ validate_settings() {
     esac
 }
 
-# The proxy's URL is the admin URL with the database name swapped for ours
-# (query parameters, if any, are kept).
-bench_database_url() {
-    local url=$BENCH_DATABASE_URL query=""
-    if [[ $url == *\?* ]]; then
-        query="?${url#*\?}"
-        url=${url%%\?*}
-    fi
-    local scheme=${url%%://*} rest=${url#*://}
-    printf '%s://%s/%s%s\n' "$scheme" "${rest%%/*}" "$BENCH_DB" "$query"
-}
 
 # Poll until something accepts TCP connections on 127.0.0.1:$1, or fail
 # once $3 seconds have passed or the process $2 has died.
@@ -210,20 +190,6 @@ install_tools() {
     fi
 }
 
-find_pg_tool() {
-    local tool=$1 candidate
-    if command -v "$tool" >/dev/null; then
-        command -v "$tool"
-        return
-    fi
-    # Debian keeps pgbench off PATH in some setups; take the newest version.
-    candidate=$(printf '%s\n' /usr/lib/postgresql/*/bin/"$tool" | sort -V | tail -n 1)
-    if [[ -x $candidate ]]; then
-        echo "$candidate"
-        return
-    fi
-    die "$tool not found (install postgresql-client)"
-}
 
 build() {
     TARGET_DIR=$(cd "$REPO" && cargo metadata --format-version 1 --no-deps |

@@ -146,22 +146,9 @@ pub async fn run(config: &Config, cmd: TracesCommand) -> Result<String, CliError
             out,
         } => {
             let p = projection(&out);
-            let page = Page {
-                limit,
-                after: None,
-                payloads: p.reads_payloads(),
-            };
-            let found = query::recent_failures(client, &workflow_id, &page).await?;
-            if out.json {
-                return Ok(pretty(&super::page_json(&p, found, limit, budget)));
-            }
-            let mut s = format!(
-                "newest failed attempts of workflow {workflow_id} ({} shown{})\n",
-                found.rows.len(),
-                if found.has_more { ", more exist" } else { "" }
-            );
-            s.push_str(&rows_table(&found.rows, true));
-            Ok(s)
+            let found = query::recent_failures(client, &workflow_id, &page(limit, &p)).await?;
+            let title = format!("newest failed attempts of workflow {workflow_id}");
+            Ok(list_output(&p, &out, found, limit, budget, &title, true))
         }
         TracesCommand::History {
             user_id,
@@ -169,22 +156,9 @@ pub async fn run(config: &Config, cmd: TracesCommand) -> Result<String, CliError
             out,
         } => {
             let p = projection(&out);
-            let page = Page {
-                limit,
-                after: None,
-                payloads: p.reads_payloads(),
-            };
-            let found = query::user_history(client, &user_id, &page).await?;
-            if out.json {
-                return Ok(pretty(&super::page_json(&p, found, limit, budget)));
-            }
-            let mut s = format!(
-                "attempts of user {user_id}, newest first ({} shown{})\n",
-                found.rows.len(),
-                if found.has_more { ", more exist" } else { "" }
-            );
-            s.push_str(&rows_table(&found.rows, false));
-            Ok(s)
+            let found = query::user_history(client, &user_id, &page(limit, &p)).await?;
+            let title = format!("attempts of user {user_id}, newest first");
+            Ok(list_output(&p, &out, found, limit, budget, &title, false))
         }
         TracesCommand::Diff { trace_id, out } => {
             let rows =
@@ -223,6 +197,37 @@ pub async fn run(config: &Config, cmd: TracesCommand) -> Result<String, CliError
             Ok(stats_text(&s, since, until, group_by))
         }
     }
+}
+
+/// The first page of a newest-first list.
+fn page(limit: i64, p: &Projection) -> Page {
+    Page {
+        limit,
+        after: None,
+        payloads: p.reads_payloads(),
+    }
+}
+
+/// A newest-first list: the API's JSON with `--json`, else a titled table.
+fn list_output(
+    p: &Projection,
+    out: &Output,
+    found: query::PageRows,
+    limit: i64,
+    budget: usize,
+    title: &str,
+    with_user: bool,
+) -> String {
+    if out.json {
+        return pretty(&super::page_json(p, found, limit, budget));
+    }
+    let mut s = format!(
+        "{title} ({} shown{})\n",
+        found.rows.len(),
+        if found.has_more { ", more exist" } else { "" }
+    );
+    s.push_str(&rows_table(&found.rows, with_user));
+    s
 }
 
 fn projection(out: &Output) -> Projection {

@@ -15,6 +15,7 @@ pub mod retention;
 pub mod retry;
 pub mod sanitize;
 pub mod server;
+pub mod spool;
 pub mod store;
 pub mod trace;
 
@@ -34,6 +35,8 @@ pub enum RunError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Client(#[from] proxy::forward::ClientSetupError),
+    #[error(transparent)]
+    Spool(#[from] spool::SpoolError),
 }
 
 /// Runs the proxy on `listener` until `shutdown` resolves.
@@ -96,7 +99,41 @@ pub async fn run_with_metrics(
     }
     // Crash recovery: every row this process inserts carries its instance id.
     let instance = uuid::Uuid::new_v4();
-    let (store, writer) = Store::start(pool, &config.database, metrics.clone(), instance)?;
+    // The durable journal: opened (and its torn tail cut) before anything is served.
+    let spooling = match config.database.on_unavailable {
+        config::OnUnavailable::Spool => {
+            let (spool, appender, opened) =
+                spool::Spool::open(&config.spool, instance, metrics.clone())?;
+            tracing::info!(dir = %config.spool.dir.display(), records = opened.records,
+                bytes = opened.bytes, torn_segments = opened.torn_segments,
+                earlier_instances = opened.previous_instances.len(), "spool journal opened");
+            Some((spool, appender, opened.previous_instances))
+        }
+        _ => None,
+    };
+    let spool = spooling.as_ref().map(|(s, _, _)| s.clone());
+    let (store, writer) = Store::start(
+        pool,
+        &config.database,
+        metrics.clone(),
+        instance,
+        spool.clone(),
+    )?;
+    let (appender, replayer) = match spooling {
+        Some((spool, appender, previous)) => {
+            let replayer = spool::Replayer::start(spool::ReplayCtx {
+                spool,
+                pool: store.pool().clone(),
+                metrics: metrics.clone(),
+                batch: config.spool.replay_batch,
+                deadline: config.database.client_deadline(),
+                instance,
+                previous,
+            });
+            (Some(appender), Some(replayer))
+        }
+        None => (None, None),
+    };
     let client = proxy::forward::build_client(&config.upstream)?;
     // D5: a pass now, then every `retention.interval_secs` (one replica at a time).
     let retention = retention::Scheduler::start(store.pool().clone(), config.retention.clone());
@@ -106,6 +143,7 @@ pub async fn run_with_metrics(
     let app = Arc::new(proxy::App {
         config: config.clone(),
         store,
+        spool,
         client,
         metrics,
         interrupting: Default::default(),
@@ -120,6 +158,16 @@ pub async fn run_with_metrics(
     let drained = writer.drain(config.server.shutdown_timeout).await;
     if !drained {
         tracing::warn!("shutdown deadline passed before every row was written");
+    }
+    // What PostgreSQL did not take is in the journal: flushed and synced before exit, replayed
+    // at the next start.
+    if let Some(replayer) = replayer {
+        replayer.stop(config.server.shutdown_timeout).await;
+    }
+    if let Some(appender) = appender {
+        if !appender.close(config.server.shutdown_timeout).await {
+            tracing::error!("shutdown deadline passed before the spool journal was synced");
+        }
     }
     // Deregistered only when every row is final; otherwise replicas resolve what is left.
     recovery.stop(config.server.shutdown_timeout, drained).await;

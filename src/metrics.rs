@@ -24,6 +24,21 @@ pub struct Metrics {
     /// Writer batches and the rows they carried.
     pub writer_batches: AtomicU64,
     pub writer_ops: AtomicU64,
+    /// Records appended to the spool journal (pending rows and final updates).
+    pub spooled: AtomicU64,
+    /// Journal records applied to PostgreSQL after an outage.
+    pub replayed: AtomicU64,
+    /// Records refused because the journal was full (`spool.max_bytes`).
+    pub spool_full: AtomicU64,
+    /// Records that could not be written to the journal (I/O error, spool stopped).
+    pub spool_failed: AtomicU64,
+    /// Journal segments whose torn tail (an interrupted write) was cut off at startup.
+    pub spool_torn: AtomicU64,
+    /// Journal records that could not be decoded during replay (skipped, logged).
+    pub spool_undecodable: AtomicU64,
+    /// Gauges: what the journal holds now.
+    pub spool_records: AtomicU64,
+    pub spool_bytes: AtomicU64,
     /// Answers by route and status class.
     pub route_requests: RouteCounters,
     /// Attempt durations (as stored in `duration_ms`).
@@ -47,6 +62,9 @@ pub struct Snapshot {
     pub retries: u64,
     pub writer_batches: u64,
     pub writer_ops: u64,
+    pub spooled: u64,
+    pub replayed: u64,
+    pub spool_full: u64,
 }
 
 impl Metrics {
@@ -67,6 +85,9 @@ impl Metrics {
             retries: g(&self.retries),
             writer_batches: g(&self.writer_batches),
             writer_ops: g(&self.writer_ops),
+            spooled: g(&self.spooled),
+            replayed: g(&self.replayed),
+            spool_full: g(&self.spool_full),
         }
     }
 }
@@ -311,7 +332,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         use std::fmt::Write;
         let mut out = String::with_capacity(8192);
-        let counters: [(&str, &AtomicU64, &str); 10] = [
+        let counters: [(&str, &AtomicU64, &str); 16] = [
             ("requests", &self.requests, "Requests that reached a route."),
             (
                 "rows_started",
@@ -358,12 +379,60 @@ impl Metrics {
                 &self.writer_ops,
                 "Operations (inserts, updates) the store writer wrote.",
             ),
+            (
+                "spooled",
+                &self.spooled,
+                "Records appended to the spool journal while PostgreSQL was unavailable.",
+            ),
+            (
+                "replayed",
+                &self.replayed,
+                "Spool journal records applied to PostgreSQL.",
+            ),
+            (
+                "spool_full",
+                &self.spool_full,
+                "Records refused because the spool journal was full.",
+            ),
+            (
+                "spool_failed",
+                &self.spool_failed,
+                "Records that could not be written to the spool journal.",
+            ),
+            (
+                "spool_torn",
+                &self.spool_torn,
+                "Journal segments whose torn tail was cut off at startup.",
+            ),
+            (
+                "spool_undecodable",
+                &self.spool_undecodable,
+                "Journal records skipped during replay because they could not be decoded.",
+            ),
         ];
         for (name, c, help) in counters {
             let v = c.load(Ordering::Relaxed);
             let _ = writeln!(out, "# HELP trace_proxy_{name}_total {help}");
             let _ = writeln!(out, "# TYPE trace_proxy_{name}_total counter");
             let _ = writeln!(out, "trace_proxy_{name}_total {v}");
+        }
+        let gauges: [(&str, &AtomicU64, &str); 2] = [
+            (
+                "spool_records",
+                &self.spool_records,
+                "Records in the spool journal waiting for replay.",
+            ),
+            (
+                "spool_bytes",
+                &self.spool_bytes,
+                "Bytes of the spool journal waiting for replay.",
+            ),
+        ];
+        for (name, g, help) in gauges {
+            let v = g.load(Ordering::Relaxed);
+            let _ = writeln!(out, "# HELP trace_proxy_{name} {help}");
+            let _ = writeln!(out, "# TYPE trace_proxy_{name} gauge");
+            let _ = writeln!(out, "trace_proxy_{name} {v}");
         }
         self.route_requests.render(
             &mut out,

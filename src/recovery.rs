@@ -90,6 +90,17 @@ WHERE i.id <> $1
         SELECT 1 FROM communication_traces AS t
         WHERE t.proxy_instance = i.id AND t.overall_status IN ('pending', 'in_progress'))";
 
+/// Rows of the given (dead) instances still unresolved. `$1` instance ids.
+const RESOLVE_INSTANCES: &str = "
+UPDATE communication_traces
+SET overall_status = 'failed',
+    error_code = 'OUTCOME_UNKNOWN',
+    error_detail = 'No outcome was recorded: the proxy instance that handled the attempt ('
+        || proxy_instance::text
+        || ') stopped before recording it; resolved when the proxy restarted on its spool directory.',
+    responded_at = now() AT TIME ZONE 'UTC'
+WHERE proxy_instance = ANY($1) AND overall_status IN ('pending', 'in_progress')";
+
 const DEREGISTER: &str = "DELETE FROM trace_proxy_instances WHERE id = $1";
 
 /// The host name recorded beside the instance id, for operators; `None` when unknown.
@@ -153,6 +164,25 @@ pub async fn resolve_orphans(
         tracing::info!(instances = forgotten, "dead proxy instances forgotten");
     }
     Ok(total)
+}
+
+/// Resolves every row the given instances left `pending`/`in_progress` as `OUTCOME_UNKNOWN`,
+/// at once (no staleness wait): used by a proxy restarted on the spool directory of a process
+/// that died, which therefore knows that process is gone. Returns the rows resolved.
+pub async fn resolve_instances(pool: &Pool, instances: &[Uuid]) -> Result<u64, RecoveryError> {
+    let conn = pool
+        .get()
+        .await
+        .map_err(|e| RecoveryError::Pool(crate::capture::error_chain(&e)))?;
+    let n = conn
+        .execute(RESOLVE_INSTANCES, &[&instances])
+        .await
+        .map_err(RecoveryError::db("resolve instances"))?;
+    if n > 0 {
+        tracing::warn!(rows = n, ?instances,
+            "rows left unresolved by a dead process of this spool directory recorded as failed (OUTCOME_UNKNOWN)");
+    }
+    Ok(n)
 }
 
 /// This process's registration, heartbeat and recovery task.

@@ -7,7 +7,7 @@
 //! | endpoint | what |
 //! |---|---|
 //! | `GET /healthz` | the process is alive: 200 `ok` (no token) |
-//! | `GET /readyz` | 200 when PostgreSQL answers `SELECT 1` in time, else 503 (no token) |
+//! | `GET /readyz` | 200 when PostgreSQL answers `SELECT 1` in time, or the spool journal has room; else 503 (no token) |
 //! | `GET /metrics` | Prometheus text format 0.0.4 (no token) |
 //! | `GET /api/traces/{traceId}` | the chain, by attempt number (getTraceChain) |
 //! | `GET /api/traces/{traceId}/diff` | what changed between consecutive attempts |
@@ -67,6 +67,8 @@ pub struct ApiState {
     token: Option<Token>,
     budget: usize,
     metrics: Arc<Metrics>,
+    /// `spool.max_bytes` when requests are spooled while PostgreSQL is unavailable.
+    spool_max_bytes: Option<u64>,
 }
 
 impl ApiState {
@@ -76,9 +78,29 @@ impl ApiState {
             token,
             budget,
             metrics,
+            spool_max_bytes: None,
         }
     }
+
+    /// Ready while PostgreSQL is unavailable as long as the journal has room.
+    pub fn with_spool(mut self, max_bytes: Option<u64>) -> ApiState {
+        self.spool_max_bytes = max_bytes;
+        self
+    }
+
+    /// Room for another record of typical size in the spool journal.
+    fn spool_room(&self) -> Option<bool> {
+        let max = self.spool_max_bytes?;
+        let used = self
+            .metrics
+            .spool_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        Some(used + SPOOL_HEADROOM <= max)
+    }
 }
+
+/// Room `/readyz` wants left in the journal: a record with a large payload.
+const SPOOL_HEADROOM: u64 = 64 * 1024;
 
 /// A running admin listener.
 pub struct AdminServer {
@@ -118,12 +140,16 @@ pub fn start(
             "admin query API disabled: no admin.token (or TRACE_PROXY_ADMIN_TOKEN) configured; /healthz, /readyz and /metrics still serve"
         );
     }
-    let state = Arc::new(ApiState::new(
-        query_pool(config)?,
-        token,
-        config.admin.max_response_bytes,
-        metrics,
-    ));
+    let spooling = config.database.on_unavailable == crate::config::OnUnavailable::Spool;
+    let state = Arc::new(
+        ApiState::new(
+            query_pool(config)?,
+            token,
+            config.admin.max_response_bytes,
+            metrics,
+        )
+        .with_spool(spooling.then_some(config.spool.max_bytes)),
+    );
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())
@@ -308,7 +334,16 @@ async fn platform<B>(state: &ApiState, req: &Request<B>) -> Resp {
                 "text/plain; charset=utf-8",
                 "ready\n".into(),
             ),
+            Err(reason) if state.spool_room() == Some(true) => text_response(
+                StatusCode::OK,
+                "text/plain; charset=utf-8",
+                format!("ready: recording to the spool journal ({reason})\n"),
+            ),
             Err(reason) => {
+                let reason = match state.spool_room() {
+                    Some(false) => format!("{reason}; spool journal full"),
+                    _ => reason,
+                };
                 tracing::debug!(%reason, "not ready");
                 text_response(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -5,6 +5,7 @@
 mod admin;
 mod raw;
 mod recovery;
+mod spool;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use http::header::HeaderName;
 use http::Uri;
 pub use raw::RawConfig;
 pub use recovery::RecoveryConfig;
+pub use spool::{SpoolConfig, SpoolFull, DEFAULT_SPOOL_DIR};
 
 use crate::sanitize::{PatternSpec, RouteRules, RuleSpec, Sanitizer};
 
@@ -44,6 +46,9 @@ pub enum OnUnavailable {
     Reject,
     /// Forward anyway; the request is counted and logged as unrecorded.
     Forward,
+    /// Append the pending row to the durable journal (`[spool]`), forward, and replay the
+    /// journal into PostgreSQL once it is back.
+    Spool,
 }
 
 #[derive(Debug, Clone)]
@@ -60,6 +65,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// Crash recovery (`crate::recovery`).
     pub recovery: RecoveryConfig,
+    /// The durable journal used while PostgreSQL is unavailable (`crate::spool`).
+    pub spool: SpoolConfig,
     /// The read-only query API (`crate::api`).
     pub admin: AdminConfig,
     /// Sorted longest prefix first, so the first match is the longest.
@@ -104,6 +111,15 @@ pub struct DatabaseConfig {
     /// How long a batch of final updates waits for an insert to share its commit.
     pub finish_linger: Duration,
     pub run_migrations: bool,
+}
+
+impl DatabaseConfig {
+    /// The client-side bound on one round trip of the writer or the replayer: the server-side
+    /// `statement_timeout` plus a second. A connection that passes it (a frozen server) is
+    /// discarded, never reused.
+    pub fn client_deadline(&self) -> Duration {
+        self.statement_timeout + Duration::from_secs(1)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -388,9 +404,10 @@ fn validate(
     let on_unavailable = match d.on_unavailable.as_str() {
         "reject" => Some(OnUnavailable::Reject),
         "forward" => Some(OnUnavailable::Forward),
+        "spool" => Some(OnUnavailable::Spool),
         other => {
             problems.push(format!(
-                "`database.on_unavailable` {other:?}: expected \"reject\" or \"forward\""
+                "`database.on_unavailable` {other:?}: expected \"spool\", \"reject\" or \"forward\""
             ));
             None
         }
@@ -484,6 +501,7 @@ fn validate(
 
     let retention = validate_retention(&raw.retention, &mut problems);
     let recovery = recovery::validate_recovery(&raw.recovery, &mut problems);
+    let spool = spool::validate_spool(&raw.spool, &mut problems);
     let admin = admin::validate_admin(&raw.admin, &mut problems);
     let sanitize = validate_sanitize(&raw.sanitize, &mut problems);
     let routes = validate_routes(&raw, sanitize.as_ref(), &mut problems);
@@ -555,6 +573,7 @@ fn validate(
         sanitize: sanitize.ok_or_else(missing)?,
         retention,
         recovery,
+        spool,
         admin,
         routes,
         raw: Unprinted(raw),
@@ -764,7 +783,7 @@ mod tests {
     fn minimal_config_gets_documented_defaults() {
         let c = Config::from_toml_str(MINIMAL).expect("valid");
         assert_eq!(c.server.listen.to_string(), "0.0.0.0:8080");
-        assert_eq!(c.database.on_unavailable, OnUnavailable::Reject);
+        assert_eq!(c.database.on_unavailable, OnUnavailable::Spool);
         assert_eq!(c.capture.max_payload_bytes, 65_536);
         assert_eq!(c.routes[0].path_prefix, "/");
         assert_eq!(c.correlation.default_user_id, "anonymous");

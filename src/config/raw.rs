@@ -15,6 +15,7 @@ pub struct RawConfig {
     pub sanitize: RawSanitize,
     pub retention: RawRetention,
     pub recovery: super::recovery::RawRecovery,
+    pub spool: super::spool::RawSpool,
     pub admin: super::admin::RawAdmin,
     pub routes: Vec<RawRoute>,
 }
@@ -63,7 +64,7 @@ impl Default for RawDatabase {
     fn default() -> Self {
         Self {
             url: "postgres://postgres@127.0.0.1:5432/postgres".into(),
-            on_unavailable: "reject".into(),
+            on_unavailable: "spool".into(),
             pool_size: 8,
             pool_wait_timeout_ms: 2_000,
             connect_timeout_ms: 2_000,

@@ -23,10 +23,11 @@ use crate::capture::{
     drain_capped, read_prefix, BodyEnd, Captured, OnEnd, Prefix, PrefixError, RequestBody,
     RequestStats, TeeBody,
 };
-use crate::config::{Config, OnUnavailable};
+use crate::config::{Config, OnUnavailable, SpoolFull};
 use crate::metrics::{Class, Metrics};
 use crate::retry::{self, Decision, Failure};
 use crate::sanitize::{redactions_record, BodySample, Redactions, Sanitizer, Stored};
+use crate::spool::{Record, Spool};
 use crate::store::{PendingInsert, Store};
 use crate::trace::{now_utc, AttemptFinish, AttemptStart, Status};
 use correlate::{correlate, Correlation};
@@ -41,6 +42,8 @@ pub type ProxyBody = Either<TeeBody<Incoming, FinishSink>, Full<Bytes>>;
 pub struct App {
     pub config: Arc<Config>,
     pub store: Store,
+    /// The durable journal (`on_unavailable = "spool"`).
+    pub spool: Option<Spool>,
     pub client: UpstreamClient,
     pub metrics: Arc<Metrics>,
     /// Set when the shutdown deadline passed: exchanges cut from then on are recorded as
@@ -193,15 +196,29 @@ pub async fn handle(
             sanitizer.clone(),
         );
         if let Err(reason) = attempt.wait_recorded().await {
-            match cfg.database.on_unavailable {
-                OnUnavailable::Reject => {
+            let policy = match (cfg.database.on_unavailable, attempt.spool_start().await) {
+                (OnUnavailable::Spool, Some(Ok(()))) => None,
+                (OnUnavailable::Spool, Some(Err(e))) => {
+                    tracing::error!(trace_id = %corr.trace_id, route = %route.name, error = %e,
+                        database = %reason, "pending row neither committed nor spooled");
+                    Some(match cfg.spool.spool_full {
+                        SpoolFull::Reject => OnUnavailable::Reject,
+                        SpoolFull::Forward => OnUnavailable::Forward,
+                    })
+                }
+                (other, _) => Some(other),
+            };
+            match policy {
+                None => {}
+                // (`Spool` here: no journal record could be made; nothing is forwarded.)
+                Some(OnUnavailable::Reject) | Some(OnUnavailable::Spool) => {
                     Metrics::inc(&app.metrics.rejected_unavailable);
                     tracing::warn!(trace_id = %corr.trace_id, route = %route.name, error = %reason,
                         "pending row not committed: request rejected, nothing forwarded");
                     let e = ProxyError::StoreUnavailable(reason);
                     return attempt.fail_locally(e, &corr);
                 }
-                OnUnavailable::Forward => {
+                Some(OnUnavailable::Forward) => {
                     Metrics::inc(&app.metrics.unrecorded);
                     tracing::warn!(trace_id = %corr.trace_id, route = %route.name, error = %reason,
                         "pending row not committed: forwarding unrecorded");
@@ -350,6 +367,8 @@ enum Insert {
     Unknown(PendingInsert),
     Committed,
     Failed(String),
+    /// Durable in the spool journal; the final update follows it there.
+    Spooled,
 }
 
 /// One attempt, from its pending row to its final update. Finishes exactly once: explicitly,
@@ -371,6 +390,8 @@ struct Attempt {
     sanitizer: Arc<Sanitizer>,
     /// The route's slot in the per-route answer counters.
     route_slot: Option<usize>,
+    /// A copy of the pending row, kept while it may still have to be spooled.
+    spare: Option<Box<AttemptStart>>,
 }
 
 /// Response facts kept for the final update.
@@ -523,9 +544,21 @@ impl Attempt {
     ) -> Self {
         let id = start.id;
         let route_slot = app.metrics.route_requests.slot(&start.route_name);
-        let insert = match app.store.begin(start) {
+        let (insert, spare) = match &app.spool {
+            // PostgreSQL is known to be unavailable: straight to the journal.
+            Some(spool) if spool.engaged() => (
+                Err("PostgreSQL unavailable; recording to the spool journal".into()),
+                Some(Box::new(start)),
+            ),
+            Some(_) => {
+                let spare = Some(Box::new(start.clone()));
+                (app.store.begin(start).map_err(|e| e.to_string()), spare)
+            }
+            None => (app.store.begin(start).map_err(|e| e.to_string()), None),
+        };
+        let insert = match insert {
             Ok(pending) => Insert::Unknown(pending),
-            Err(e) => Insert::Failed(e.to_string()),
+            Err(e) => Insert::Failed(e),
         };
         Attempt {
             app,
@@ -540,7 +573,32 @@ impl Attempt {
             retry_note: None,
             sanitizer,
             route_slot,
+            spare,
         }
+    }
+
+    /// `on_unavailable = "spool"`: appends the pending row to the journal and waits until it is
+    /// durable. `None` when there is no spool or no row to spool.
+    async fn spool_start(&mut self) -> Option<Result<(), crate::spool::SpoolError>> {
+        let spool = self.app.spool.clone()?;
+        let start = self.spare.take()?;
+        let waited = Instant::now();
+        let result = spool
+            .append(&Record::Start {
+                instance: self.app.store.instance(),
+                start,
+            })
+            .await;
+        self.app
+            .metrics
+            .d1_insert
+            .observe_duration(waited.elapsed());
+        if result.is_ok() {
+            spool.engage();
+            // The timed-out insert may still commit; the replayed copy is then a no-op.
+            self.insert = Some(Insert::Spooled);
+        }
+        Some(result)
     }
 
     /// Waits up to the insert timeout for the pending row's commit.
@@ -559,10 +617,12 @@ impl Attempt {
             }
             Some(Insert::Committed) => return Ok(()),
             Some(Insert::Failed(e)) => return Err(e.clone()),
+            Some(Insert::Spooled) => return Ok(()),
             None => return Err("attempt already finished".into()),
         };
         match result {
             Ok(number) => {
+                self.spare = None;
                 self.insert = Some(Insert::Committed);
                 self.number = Some(number);
                 Ok(())
@@ -692,6 +752,13 @@ impl Attempt {
             Insert::Committed => submit(&store, &metrics, finish),
             Insert::Failed(_) => {
                 tracing::debug!(trace_id = %self.trace_id, "unrecorded request finished");
+            }
+            Insert::Spooled => {
+                if let Some(spool) = &self.app.spool {
+                    spool.append_detached(&Record::Finish {
+                        finish: Box::new(finish),
+                    });
+                }
             }
             // The insert may still commit: finish once it does, never before.
             Insert::Unknown(mut pending) => {

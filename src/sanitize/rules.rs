@@ -549,7 +549,7 @@ pub fn luhn_valid(digits: &[u8]) -> bool {
         }
         sum += v;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// A card number: 13–19 digits, a network's leading digit (2–6: Mastercard, Amex, Diners, JCB,

@@ -17,6 +17,7 @@ pub use migrate::{migrate, MIGRATIONS};
 
 use crate::config::DatabaseConfig;
 use crate::metrics::Metrics;
+use crate::spool::Spool;
 use crate::trace::{AttemptFinish, AttemptStart};
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +59,7 @@ pub struct Store {
     pool: Pool,
     tx: mpsc::UnboundedSender<Op>,
     insert_timeout: Duration,
+    instance: Uuid,
 }
 
 /// The outcome of a queued pending insert.
@@ -143,27 +145,31 @@ fn pool_with(cfg: &DatabaseConfig, size: usize, session: &str) -> Result<Pool, S
 impl Store {
     /// Starts the writer tasks, on their own pool ([`writer_pool`]); `pool` serves the rest.
     /// Every row they insert carries `instance`, this process's id (`crate::recovery`).
+    /// Final updates PostgreSQL refuses go to `spool` when given.
     pub fn start(
         pool: Pool,
         cfg: &DatabaseConfig,
         metrics: Arc<Metrics>,
         instance: Uuid,
+        spool: Option<Spool>,
     ) -> Result<(Store, Writer), StoreError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let tasks = writer::spawn(
-            writer_pool(cfg)?,
-            rx,
-            cfg.writer_tasks,
-            cfg.max_batch_rows,
-            cfg.finish_linger,
+        let ctx = writer::Ctx {
+            pool: writer_pool(cfg)?,
+            max_batch: cfg.max_batch_rows,
+            linger: cfg.finish_linger,
             metrics,
             instance,
-        );
+            deadline: cfg.client_deadline(),
+            spool,
+        };
+        let tasks = writer::spawn(ctx, rx, cfg.writer_tasks);
         Ok((
             Store {
                 pool,
                 tx,
                 insert_timeout: cfg.insert_timeout,
+                instance,
             },
             Writer { tasks },
         ))
@@ -171,6 +177,11 @@ impl Store {
 
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    /// The id of this process, carried by every row it inserts.
+    pub fn instance(&self) -> Uuid {
+        self.instance
     }
 
     /// D1: queues the pending row. The receiver resolves once it is committed (or failed);
@@ -199,5 +210,23 @@ impl Store {
         self.tx
             .send(Op::Finish(Box::new(finish)))
             .map_err(|_| StoreError::Closed)
+    }
+}
+
+/// Applies replayed spool records on `client` within `deadline`; a connection that timed out
+/// is discarded. See `writer::replay`.
+pub(crate) async fn replay(
+    client: deadpool_postgres::Client,
+    starts: Vec<(AttemptStart, Uuid)>,
+    finishes: Vec<AttemptFinish>,
+    metrics: &Metrics,
+    deadline: Duration,
+) -> Result<u64, StoreError> {
+    match tokio::time::timeout(deadline, writer::replay(&client, starts, finishes, metrics)).await {
+        Ok(r) => r,
+        Err(_) => {
+            drop(deadpool_postgres::Object::take(client));
+            Err(StoreError::Timeout(deadline))
+        }
     }
 }

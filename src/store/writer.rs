@@ -26,7 +26,8 @@ use uuid::Uuid;
 
 use super::{Op, StoreError};
 use crate::metrics::Metrics;
-use crate::trace::{AttemptFinish, AttemptStart};
+use crate::spool::{Record, Spool};
+use crate::trace::{AttemptFinish, AttemptStart, Status};
 
 const INSERT: &str = "
 INSERT INTO communication_traces (
@@ -39,19 +40,20 @@ SELECT u.id, u.trace_id, u.execution_id,
      + row_number() OVER (PARTITION BY u.trace_id ORDER BY u.ord))::int4,
     u.source_service, u.destination_service, u.workflow_id, u.action, u.user_id,
     u.requested_at, u.request_payload, u.n8n_execution_id, u.http_method, u.http_target,
-    u.route_name, u.redactions, $16::uuid
+    u.route_name, u.redactions, u.proxy_instance
 FROM unnest(
     $1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[],
     $8::text[], $9::timestamp[], $10::jsonb[], $11::text[], $12::text[], $13::text[],
-    $14::text[], $15::jsonb[]) WITH ORDINALITY
+    $14::text[], $15::jsonb[], $16::uuid[]) WITH ORDINALITY
     AS u(id, trace_id, execution_id, source_service, destination_service, workflow_id,
          action, user_id, requested_at, request_payload, n8n_execution_id, http_method,
-         http_target, route_name, redactions, ord)
+         http_target, route_name, redactions, proxy_instance, ord)
 ON CONFLICT DO NOTHING
 RETURNING id, attempt_number";
 
-/// Parameters of [`INSERT`]: 15 column arrays, then this process's instance id (crash recovery,
-/// `crate::recovery`) as one scalar.
+/// Parameters of [`INSERT`]: 16 column arrays, the last the inserting process's instance id
+/// (crash recovery, `crate::recovery`; replayed rows keep the id of the process that spooled
+/// them).
 const INSERT_PARAMS: usize = 16;
 
 /// Rows already stored (an insert sent again): their numbers; nothing is inserted.
@@ -112,38 +114,33 @@ const PROGRESS: &str = "
 UPDATE communication_traces SET overall_status = 'in_progress'
 WHERE id = ANY($1::uuid[]) AND overall_status = 'pending'";
 
+/// What every writer task shares.
+pub(super) struct Ctx {
+    pub pool: Pool,
+    pub max_batch: usize,
+    pub linger: Duration,
+    pub metrics: Arc<Metrics>,
+    pub instance: Uuid,
+    /// Client-side bound on one batch's round trips; past it the connection is discarded.
+    pub deadline: Duration,
+    /// Where final updates go when PostgreSQL refuses them (`on_unavailable = "spool"`).
+    pub spool: Option<Spool>,
+}
+
 pub(super) fn spawn(
-    pool: Pool,
+    ctx: Ctx,
     rx: mpsc::UnboundedReceiver<Op>,
     tasks: usize,
-    max_batch: usize,
-    linger: Duration,
-    metrics: Arc<Metrics>,
-    instance: Uuid,
 ) -> Vec<JoinHandle<()>> {
     let rx = Arc::new(Mutex::new(rx));
+    let ctx = Arc::new(ctx);
     (0..tasks)
-        .map(|_| {
-            tokio::spawn(run(
-                pool.clone(),
-                rx.clone(),
-                max_batch,
-                linger,
-                metrics.clone(),
-                instance,
-            ))
-        })
+        .map(|_| tokio::spawn(run(ctx.clone(), rx.clone())))
         .collect()
 }
 
-async fn run(
-    pool: Pool,
-    rx: Arc<Mutex<mpsc::UnboundedReceiver<Op>>>,
-    max_batch: usize,
-    linger: Duration,
-    metrics: Arc<Metrics>,
-    instance: Uuid,
-) {
+async fn run(ctx: Arc<Ctx>, rx: Arc<Mutex<mpsc::UnboundedReceiver<Op>>>) {
+    let (max_batch, linger, metrics) = (ctx.max_batch, ctx.linger, &ctx.metrics);
     let mut batch = Vec::with_capacity(max_batch);
     loop {
         {
@@ -172,7 +169,7 @@ async fn run(
         metrics
             .writer_ops
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        write_batch(&pool, &mut batch, &metrics, instance).await;
+        write_batch(&ctx, &mut batch).await;
         batch.clear();
     }
 }
@@ -195,13 +192,20 @@ struct Inserts {
     target: Vec<String>,
     route: Vec<String>,
     redactions: Vec<Option<Value>>,
+    /// The proxy instance that inserted each row (`proxy_instance`).
+    instance: Vec<Uuid>,
     waiters: Vec<Option<oneshot::Sender<Result<i32, StoreError>>>>,
-    /// The proxy instance inserting these rows (`proxy_instance`).
-    instance: Uuid,
+    /// Replayed rows have nobody waiting; they are counted here once stored.
+    unanswered_replays: Vec<bool>,
 }
 
 impl Inserts {
-    fn push(&mut self, s: AttemptStart, done: oneshot::Sender<Result<i32, StoreError>>) {
+    fn push(
+        &mut self,
+        s: AttemptStart,
+        instance: Uuid,
+        done: Option<oneshot::Sender<Result<i32, StoreError>>>,
+    ) {
         self.id.push(s.id);
         self.trace_id.push(text(s.trace_id));
         self.execution_id.push(s.execution_id);
@@ -217,7 +221,9 @@ impl Inserts {
         self.target.push(text(s.http_target));
         self.route.push(text(s.route_name));
         self.redactions.push(s.redactions);
-        self.waiters.push(Some(done));
+        self.instance.push(instance);
+        self.unanswered_replays.push(done.is_none());
+        self.waiters.push(done);
     }
 
     fn params(&self) -> [&(dyn ToSql + Sync); INSERT_PARAMS] {
@@ -243,10 +249,7 @@ impl Inserts {
 
     /// The rows at `idx`, waiters moved along.
     fn take(&mut self, idx: &[usize]) -> Inserts {
-        let mut out = Inserts {
-            instance: self.instance,
-            ..Inserts::default()
-        };
+        let mut out = Inserts::default();
         for &i in idx {
             out.id.push(self.id[i]);
             out.trace_id.push(self.trace_id[i].clone());
@@ -263,7 +266,9 @@ impl Inserts {
             out.target.push(self.target[i].clone());
             out.route.push(self.route[i].clone());
             out.redactions.push(self.redactions[i].take());
+            out.instance.push(self.instance[i]);
             out.waiters.push(self.waiters[i].take());
+            out.unanswered_replays.push(self.unanswered_replays[i]);
         }
         out
     }
@@ -274,9 +279,12 @@ impl Inserts {
             self.id.iter().enumerate().map(|(i, id)| (*id, i)).collect();
         for row in rows {
             let (id, number): (Uuid, i32) = (row.get(0), row.get(1));
-            if let Some(done) = index.get(&id).and_then(|&i| self.waiters[i].take()) {
+            let Some(&i) = index.get(&id) else { continue };
+            if let Some(done) = self.waiters[i].take() {
                 metrics.rows_started.fetch_add(1, Ordering::Relaxed);
                 let _ = done.send(Ok(number));
+            } else if std::mem::take(&mut self.unanswered_replays[i]) {
+                metrics.rows_started.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -284,7 +292,7 @@ impl Inserts {
     /// Indexes of rows nobody has answered yet.
     fn unanswered(&self) -> Vec<usize> {
         (0..self.id.len())
-            .filter(|&i| self.waiters[i].is_some())
+            .filter(|&i| self.waiters[i].is_some() || self.unanswered_replays[i])
             .collect()
     }
 
@@ -312,6 +320,32 @@ struct Finishes {
 }
 
 impl Finishes {
+    /// The final updates back as they were queued.
+    fn into_finishes(self) -> Vec<AttemptFinish> {
+        let n = self.id.len();
+        let mut payload = self.payload.into_iter();
+        let mut error_code = self.error_code.into_iter();
+        let mut error_detail = self.error_detail.into_iter();
+        let mut n8n = self.n8n_execution_id.into_iter();
+        let mut redactions = self.redactions.into_iter();
+        (0..n)
+            .map(|i| AttemptFinish {
+                id: self.id[i],
+                responded_at: self.responded_at[i],
+                duration_ms: self.duration[i],
+                response_payload: payload.next().flatten(),
+                status: Status::parse(self.status[i]).unwrap_or(Status::Failed),
+                error_code: error_code.next().flatten(),
+                error_detail: error_detail.next().flatten(),
+                n8n_execution_id: n8n.next().flatten(),
+                http_status: self.http_status[i],
+                request_bytes: self.request_bytes[i],
+                response_bytes: self.response_bytes[i],
+                redactions: redactions.next().flatten(),
+            })
+            .collect()
+    }
+
     fn push(&mut self, f: AttemptFinish) {
         self.id.push(f.id);
         self.responded_at.push(f.responded_at);
@@ -358,84 +392,149 @@ fn opt_text(s: Option<String>) -> Option<String> {
     s.map(text)
 }
 
-async fn write_batch(pool: &Pool, batch: &mut Vec<Op>, metrics: &Metrics, instance: Uuid) {
-    let mut ins = Inserts {
-        instance,
-        ..Inserts::default()
-    };
+async fn write_batch(ctx: &Ctx, batch: &mut Vec<Op>) {
+    let metrics = &ctx.metrics;
+    let mut ins = Inserts::default();
     let mut fin = Finishes::default();
     let mut progress = Vec::new();
     for op in batch.drain(..) {
         match op {
-            Op::Insert(s, done) => ins.push(*s, done),
+            Op::Insert(s, done) => ins.push(*s, ctx.instance, Some(done)),
             Op::Progress(id) => progress.push(id),
             Op::Finish(f) => fin.push(*f),
         }
     }
 
-    let client = match pool.get().await {
+    let client = match ctx.pool.get().await {
         Ok(c) => c,
         Err(e) => {
             let e = StoreError::from(e);
             tracing::warn!(error = %e, inserts = ins.id.len(), finishes = fin.id.len(), "store unavailable");
             ins.fail(&e);
-            count_lost_finishes(metrics, &fin, &e);
+            ctx.unwritten_finishes(fin, &e);
             return;
         }
     };
 
     // Inserts and finishes go in one statement (one commit); in_progress marks, rare, are
     // pipelined beside it on the same connection.
-    let write = async {
-        let ins_params = ins.params();
-        let fin_params = fin.params();
-        let (sql, params): (&str, Vec<&(dyn ToSql + Sync)>) =
-            match (ins.id.is_empty(), fin.id.is_empty()) {
-                (true, true) => return Ok(Vec::new()),
-                (false, true) => (INSERT, ins_params.to_vec()),
-                (true, false) => (FINISH.as_str(), fin_params.to_vec()),
-                (false, false) => (
-                    INSERT_AND_FINISH.as_str(),
-                    ins_params
-                        .iter()
-                        .chain(fin_params.iter())
-                        .copied()
-                        .collect(),
-                ),
-            };
-        let stmt = client.prepare_cached(sql).await?;
-        client.query(&stmt, &params).await
-    };
-    let mark = async {
-        if progress.is_empty() {
-            return Ok(0);
+    let written = tokio::time::timeout(ctx.deadline, async {
+        let write = async {
+            let ins_params = ins.params();
+            let fin_params = fin.params();
+            let (sql, params): (&str, Vec<&(dyn ToSql + Sync)>) =
+                match (ins.id.is_empty(), fin.id.is_empty()) {
+                    (true, true) => return Ok(Vec::new()),
+                    (false, true) => (INSERT, ins_params.to_vec()),
+                    (true, false) => (FINISH.as_str(), fin_params.to_vec()),
+                    (false, false) => (
+                        INSERT_AND_FINISH.as_str(),
+                        ins_params
+                            .iter()
+                            .chain(fin_params.iter())
+                            .copied()
+                            .collect(),
+                    ),
+                };
+            let stmt = client.prepare_cached(sql).await?;
+            client.query(&stmt, &params).await
+        };
+        let mark = async {
+            if progress.is_empty() {
+                return Ok(0);
+            }
+            let stmt = client.prepare_cached(PROGRESS).await?;
+            client.execute(&stmt, &[&progress]).await
+        };
+        let (written, marked) = tokio::join!(write, mark);
+        if let Err(e) = marked {
+            tracing::warn!(error = %StoreError::from(e), rows = progress.len(), "in_progress update failed");
         }
-        let stmt = client.prepare_cached(PROGRESS).await?;
-        client.execute(&stmt, &[&progress]).await
-    };
-    let (written, marked) = tokio::join!(write, mark);
-    if let Err(e) = marked {
-        tracing::warn!(error = %StoreError::from(e), rows = progress.len(), "in_progress update failed");
-    }
+        let rows = written?;
+        ins.resolve(&rows, metrics);
+        renumber(&client, &mut ins, metrics).await
+    })
+    .await;
     match written {
-        Ok(rows) => {
+        Ok(Ok(())) => {
             metrics
                 .rows_finished
                 .fetch_add(fin.id.len() as u64, Ordering::Relaxed);
-            ins.resolve(&rows, metrics);
         }
-        Err(e) => {
-            let e = StoreError::from(e);
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, inserts = ins.id.len(), "batch not written");
             ins.fail(&e);
-            count_lost_finishes(metrics, &fin, &e);
-            return;
+            // A failed statement changed nothing: the finishes were not applied either, unless
+            // only the renumbering failed, in which case applying them again is harmless.
+            ctx.unwritten_finishes(fin, &e);
+        }
+        Err(_) => {
+            // The statement may still commit on a server that is merely slow; the row ids make
+            // any later copy of it (replayed from the spool) a no-op, never a second row.
+            let e = StoreError::Timeout(ctx.deadline);
+            tracing::warn!(error = %e, inserts = ins.id.len(), "batch timed out; connection discarded");
+            drop(deadpool_postgres::Object::take(client));
+            ins.fail(&e);
+            ctx.unwritten_finishes(fin, &e);
         }
     }
-    if let Err(e) = renumber(&client, &mut ins, metrics).await {
-        tracing::warn!(error = %e, "pending insert failed");
-        ins.fail(&e);
+}
+
+impl Ctx {
+    /// Final updates PostgreSQL did not take: spooled when there is a spool, else lost (logged
+    /// and counted).
+    fn unwritten_finishes(&self, fin: Finishes, e: &StoreError) {
+        if fin.id.is_empty() {
+            return;
+        }
+        if let Some(spool) = &self.spool {
+            spool.engage();
+            for f in fin.into_finishes() {
+                spool.append_detached(&Record::Finish {
+                    finish: Box::new(f),
+                });
+            }
+            return;
+        }
+        self.metrics
+            .finish_failed
+            .fetch_add(fin.id.len() as u64, Ordering::Relaxed);
+        for id in &fin.id {
+            tracing::error!(row_id = %id, error = %e, "final update not recorded");
+        }
     }
+}
+
+/// Applies replayed journal records: pending rows first (rows already stored are skipped by
+/// id), then final updates. Each step is idempotent, so a batch applied twice changes nothing.
+/// Returns (rows inserted or found, rows updated).
+pub(super) async fn replay(
+    client: &deadpool_postgres::Client,
+    starts: Vec<(AttemptStart, Uuid)>,
+    finishes: Vec<AttemptFinish>,
+    metrics: &Metrics,
+) -> Result<u64, StoreError> {
+    let mut ins = Inserts::default();
+    for (s, instance) in starts {
+        ins.push(s, instance, None);
+    }
+    if !ins.id.is_empty() {
+        let stmt = client.prepare_cached(INSERT).await?;
+        let rows = client.query(&stmt, &ins.params()).await?;
+        ins.resolve(&rows, metrics);
+        renumber(client, &mut ins, metrics).await?;
+    }
+    let mut fin = Finishes::default();
+    for f in finishes {
+        fin.push(f);
+    }
+    if fin.id.is_empty() {
+        return Ok(0);
+    }
+    let stmt = client.prepare_cached(FINISH.as_str()).await?;
+    let n = client.execute(&stmt, &fin.params()).await?;
+    metrics.rows_finished.fetch_add(n, Ordering::Relaxed);
+    Ok(n)
 }
 
 /// Rows left out of the first statement: either already stored (answered with their number) or
@@ -465,22 +564,12 @@ async fn renumber(
         // Whatever is still unanswered goes back for the next round.
         for (k, &i) in left.iter().enumerate() {
             ins.waiters[i] = retry.waiters[k].take();
+            ins.unanswered_replays[i] = retry.unanswered_replays[k];
             ins.payload[i] = retry.payload[k].take();
+            ins.redactions[i] = retry.redactions[k].take();
         }
     }
     Err(StoreError::Db(format!(
         "attempt number still contended after {MAX_ROUNDS} rounds"
     )))
-}
-
-fn count_lost_finishes(metrics: &Metrics, fin: &Finishes, e: &StoreError) {
-    if fin.id.is_empty() {
-        return;
-    }
-    metrics
-        .finish_failed
-        .fetch_add(fin.id.len() as u64, Ordering::Relaxed);
-    for id in &fin.id {
-        tracing::error!(row_id = %id, error = %e, "final update not recorded");
-    }
 }

@@ -70,28 +70,66 @@ async fn healthz_and_readyz_answer_without_a_token_when_the_database_is_up() {
     r.stop().await;
 }
 
-#[tokio::test]
-async fn readyz_is_503_with_the_reason_when_the_database_is_unreachable() {
+/// `/readyz` of a proxy recording into an unreachable database with `db_extra` in
+/// `[database]` and `extra` after it.
+async fn readyz_without_database(db_extra: &str, extra: &str) -> (u16, String) {
     let dead = closed_port().await;
     let toml = config_toml(
         &format!("postgres://postgres@{dead}/postgres"),
         &format!("http://{}", closed_port().await),
-        "",
-        "",
+        db_extra,
+        extra,
     );
     let r = Running::start(&toml).await;
-    // Alive, but not able to record.
+    // Alive, whether or not it can record.
     let (status, _, _) = r.admin_get("/healthz").await;
     assert_eq!(status, 200);
     let started = std::time::Instant::now();
     let (status, _, body) = r.admin_get("/readyz").await;
-    assert_eq!(status, 503, "{body}");
-    assert!(body.starts_with("not ready: database"), "{body}");
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "readyz took too long"
     );
     r.stop().await;
+    (status, body)
+}
+
+#[tokio::test]
+async fn readyz_is_503_with_the_reason_when_the_database_is_unreachable() {
+    let (status, body) = readyz_without_database("on_unavailable = \"reject\"", "").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("not ready: database"), "{body}");
+}
+
+#[tokio::test]
+async fn readyz_is_ready_without_the_database_while_the_spool_has_room_and_503_when_full() {
+    let (status, body) = readyz_without_database("", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.starts_with("ready: recording to the spool journal (database"),
+        "{body}"
+    );
+
+    // A journal filled to within a record of `max_bytes`, left by an earlier process.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut frames = Vec::new();
+    let payload = vec![b'x'; 1000];
+    while frames.len() < 1024 * 1024 - 2048 {
+        trace_proxy::spool::journal::encode(&payload, &mut frames);
+    }
+    std::fs::write(
+        trace_proxy::spool::journal::segment_path(dir.path(), 1),
+        &frames,
+    )
+    .expect("write segment");
+    let extra = format!(
+        "[spool]\ndir = \"{}\"\nmax_bytes = {}\n",
+        dir.path().display(),
+        1024 * 1024
+    );
+    let (status, body) = readyz_without_database("", &extra).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("spool journal full"), "{body}");
 }
 
 #[tokio::test]

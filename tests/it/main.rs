@@ -2,6 +2,7 @@
 
 mod api;
 mod attempts;
+mod cluster;
 mod failures;
 mod health;
 mod protocol;

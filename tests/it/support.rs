@@ -175,6 +175,8 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// The spool directory of a config that left `spool.dir` at its default.
+    _spool: Option<tempfile::TempDir>,
 }
 
 impl Proxy {
@@ -189,7 +191,14 @@ impl Proxy {
     }
 
     async fn launch(toml: &str, with_admin: bool) -> Proxy {
-        let config = Config::from_toml_str(toml).unwrap_or_else(|e| panic!("test config: {e}"));
+        let mut config = Config::from_toml_str(toml).unwrap_or_else(|e| panic!("test config: {e}"));
+        // Each proxy gets a spool directory of its own unless the test chose one.
+        let default_dir = std::path::Path::new(trace_proxy::config::DEFAULT_SPOOL_DIR);
+        let spool = (config.spool.dir == default_dir).then(|| {
+            let dir = tempfile::tempdir().expect("spool tempdir");
+            config.spool.dir = dir.path().to_owned();
+            dir
+        });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("addr");
         let admin_listener = match with_admin {
@@ -216,6 +225,7 @@ impl Proxy {
             metrics,
             stop: Some(stop),
             task: Some(task),
+            _spool: spool,
         }
     }
 

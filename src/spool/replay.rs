@@ -1,0 +1,228 @@
+//! The replayer: drains the journal into PostgreSQL, oldest record first, and trims it.
+//!
+//! Each pass seals the segment being appended to, then applies every sealed segment in order,
+//! `spool.replay_batch_records` records at a time, and deletes a segment once all of it is
+//! applied. Applying is idempotent (rows are keyed by the proxy-generated id), so a pass cut
+//! short by another failure, or by a crash, is simply repeated. When the journal is empty the
+//! spool disengages, and the rows the directory's earlier processes left unresolved are
+//! resolved as `OUTCOME_UNKNOWN`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::Pool;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use super::journal::{Reader, Segment};
+use super::{Record, Spool};
+use crate::metrics::Metrics;
+use crate::store::{self, StoreError};
+use crate::trace::{AttemptFinish, AttemptStart};
+
+/// Longest pause between replay attempts while PostgreSQL stays unavailable.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often an idle replayer looks anyway (a missed wake-up costs at most this).
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+pub struct Replayer {
+    task: JoinHandle<()>,
+    stop: watch::Sender<bool>,
+}
+
+/// What the replayer needs.
+pub struct ReplayCtx {
+    pub spool: Spool,
+    pub pool: Pool,
+    pub metrics: Arc<Metrics>,
+    pub batch: usize,
+    /// Client-side bound on one batch's round trips.
+    pub deadline: Duration,
+    pub instance: Uuid,
+    /// Earlier processes of this spool directory whose unresolved rows must be resolved.
+    pub previous: Vec<Uuid>,
+}
+
+impl Replayer {
+    pub fn start(ctx: ReplayCtx) -> Replayer {
+        let (stop, rx) = watch::channel(false);
+        Replayer {
+            task: tokio::spawn(run(ctx, rx)),
+            stop,
+        }
+    }
+
+    /// Stops after the batch in flight (what is left stays in the journal for the next start).
+    pub async fn stop(self, deadline: Duration) {
+        let _ = self.stop.send(true);
+        let mut task = self.task;
+        if tokio::time::timeout(deadline, &mut task).await.is_err() {
+            task.abort();
+        }
+    }
+}
+
+async fn run(mut ctx: ReplayCtx, mut stop: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let work = ctx.spool.records() > 0 || ctx.spool.engaged() || !ctx.previous.is_empty();
+        if !work {
+            tokio::select! {
+                _ = ctx.spool.shared.wake.notified() => {}
+                _ = tokio::time::sleep(IDLE_CHECK) => {}
+                _ = stop.changed() => return,
+            }
+            continue;
+        }
+        match pass(&ctx, &stop).await {
+            Ok(()) => {
+                backoff = Duration::from_millis(100);
+                if ctx.spool.records() == 0 && !ctx.previous.is_empty() {
+                    if let Err(e) = resolve_previous(&mut ctx).await {
+                        tracing::warn!(error = %e, "orphans of earlier processes not resolved yet");
+                        pause(&mut backoff, &mut stop).await;
+                        continue;
+                    }
+                }
+                if !ctx.spool.disengage_if_empty() {
+                    // More arrived while replaying: go again at once.
+                    continue;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, records = ctx.spool.records(), "spool replay paused");
+                pause(&mut backoff, &mut stop).await;
+            }
+        }
+    }
+}
+
+async fn pause(backoff: &mut Duration, stop: &mut watch::Receiver<bool>) {
+    tokio::select! {
+        _ = tokio::time::sleep(*backoff) => {}
+        _ = stop.changed() => {}
+    }
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+}
+
+/// One pass over every sealed segment.
+async fn pass(ctx: &ReplayCtx, stop: &watch::Receiver<bool>) -> Result<(), StoreError> {
+    let segments = ctx
+        .spool
+        .seal()
+        .await
+        .map_err(|e| StoreError::Db(e.to_string()))?;
+    for seg in segments {
+        if *stop.borrow() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let applied = replay_segment(ctx, &seg, stop).await?;
+        if !applied {
+            return Ok(());
+        }
+        if let Err(e) = ctx.spool.trim(&seg) {
+            // Replaying it again later is harmless; only the space stays in use.
+            tracing::error!(segment = %seg.path.display(), error = %e, "replayed segment not removed");
+            return Err(StoreError::Db(format!(
+                "cannot remove replayed segment: {e}"
+            )));
+        }
+        tracing::info!(segment = %seg.path.display(), records = seg.records,
+            elapsed_ms = started.elapsed().as_millis() as u64, left = ctx.spool.records(),
+            "spool segment replayed");
+    }
+    Ok(())
+}
+
+/// Applies one segment; false when stopped before its end.
+async fn replay_segment(
+    ctx: &ReplayCtx,
+    seg: &Segment,
+    stop: &watch::Receiver<bool>,
+) -> Result<bool, StoreError> {
+    let path = seg.path.clone();
+    let mut reader = Some(
+        tokio::task::spawn_blocking(move || Reader::open(&path))
+            .await
+            .map_err(|e| StoreError::Db(e.to_string()))?
+            .map_err(|e| StoreError::Db(format!("cannot open {}: {e}", seg.path.display())))?,
+    );
+    loop {
+        if *stop.borrow() {
+            return Ok(false);
+        }
+        let Some(mut r) = reader.take() else {
+            return Ok(true);
+        };
+        let batch = ctx.batch;
+        let (r, payloads, end) = tokio::task::spawn_blocking(move || {
+            let mut payloads = Vec::with_capacity(batch);
+            let mut end = false;
+            while payloads.len() < batch {
+                match r.next_frame() {
+                    Ok(Some(p)) => payloads.push(p),
+                    Ok(None) => {
+                        end = true;
+                        break;
+                    }
+                    Err(Ok(torn)) => {
+                        // Sealed segments hold whole, synced frames; anything else is damage
+                        // after the fact. What follows it cannot be framed: skip it.
+                        tracing::error!(%torn, "spool segment damaged; the rest of it is skipped");
+                        end = true;
+                        break;
+                    }
+                    Err(Err(e)) => {
+                        tracing::error!(error = %e, "spool segment unreadable; the rest of it is skipped");
+                        end = true;
+                        break;
+                    }
+                }
+            }
+            (r, payloads, end)
+        })
+        .await
+        .map_err(|e| StoreError::Db(e.to_string()))?;
+        let mut starts: Vec<(AttemptStart, Uuid)> = Vec::new();
+        let mut finishes: Vec<AttemptFinish> = Vec::new();
+        for p in &payloads {
+            match serde_json::from_slice::<Record>(p) {
+                Ok(Record::Start { instance, start }) => starts.push((*start, instance)),
+                Ok(Record::Finish { finish }) => finishes.push(*finish),
+                Err(e) => {
+                    Metrics::inc(&ctx.metrics.spool_undecodable);
+                    tracing::error!(error = %e, "spool record not decodable; skipped");
+                }
+            }
+        }
+        if !payloads.is_empty() {
+            let client = ctx.pool.get().await?;
+            store::replay(client, starts, finishes, &ctx.metrics, ctx.deadline).await?;
+            ctx.metrics
+                .replayed
+                .fetch_add(payloads.len() as u64, Ordering::Relaxed);
+        }
+        if !end {
+            reader = Some(r);
+        }
+    }
+}
+
+async fn resolve_previous(ctx: &mut ReplayCtx) -> Result<(), String> {
+    let n = crate::recovery::resolve_instances(&ctx.pool, &ctx.previous)
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(instances = ?ctx.previous, rows = n,
+        "rows left unresolved by earlier processes of this spool directory resolved");
+    ctx.spool
+        .forget_previous(ctx.instance)
+        .map_err(|e| format!("cannot rewrite the instance list: {e}"))?;
+    ctx.previous.clear();
+    Ok(())
+}

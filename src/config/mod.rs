@@ -27,6 +27,7 @@ pub const ENV_NAME: &str = "TRACE_PROXY_ENV";
 pub const ENV_DATABASE_URL: &str = "TRACE_PROXY_DATABASE_URL";
 pub const ENV_DATABASE_URL_FALLBACK: &str = "DATABASE_URL";
 pub const ENV_LISTEN: &str = "TRACE_PROXY_LISTEN";
+pub const ENV_SPOOL_DIR: &str = "TRACE_PROXY_SPOOL_DIR";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -262,6 +263,9 @@ impl Config {
         }
         if let Some(token) = var(ENV_ADMIN_TOKEN).filter(|s| !s.is_empty()) {
             raw.admin.token = token;
+        }
+        if let Some(dir) = var(ENV_SPOOL_DIR).filter(|s| !s.is_empty()) {
+            raw.spool.dir = dir;
         }
         validate(raw, env_name, problems)
     }
@@ -990,6 +994,7 @@ mod tests {
         assert!(!format!("{c:?}").contains("hunter2"));
         let vars2 = |k: &str| match k {
             "TRACE_PROXY_LISTEN" => Some("127.0.0.1:3".to_owned()),
+            "TRACE_PROXY_SPOOL_DIR" => Some("/data/spool".to_owned()),
             "TRACE_PROXY_DATABASE_URL" => Some("postgres://a@h/primary".to_owned()),
             "DATABASE_URL" => Some("postgres://a@h/fallback".to_owned()),
             _ => None,
@@ -997,5 +1002,6 @@ mod tests {
         let c = Config::load_with(&main, Some("test"), &vars2).expect("valid");
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:3");
         assert_eq!(c.database.pg.get_dbname(), Some("primary"));
+        assert_eq!(c.spool.dir, PathBuf::from("/data/spool"));
     }
 }

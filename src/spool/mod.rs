@@ -471,3 +471,166 @@ fn write_instances(dir: &Path, ids: &[Uuid]) -> io::Result<()> {
     fs::rename(&tmp, dir.join(INSTANCES_FILE))?;
     File::open(dir)?.sync_all()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SpoolFull;
+    use crate::trace::{now_utc, Status};
+
+    fn config(dir: &Path, max_bytes: u64) -> SpoolConfig {
+        SpoolConfig {
+            dir: dir.to_owned(),
+            max_bytes,
+            spool_full: SpoolFull::Reject,
+            replay_batch: 10,
+        }
+    }
+
+    fn start(payload_bytes: usize) -> Record {
+        Record::Start {
+            instance: Uuid::now_v7(),
+            start: Box::new(AttemptStart {
+                id: Uuid::now_v7(),
+                trace_id: "t-1".into(),
+                execution_id: None,
+                source_service: "bilko-app".into(),
+                destination_service: "n8n".into(),
+                workflow_id: "w".into(),
+                action: None,
+                user_id: "u".into(),
+                requested_at: now_utc(),
+                request_payload: Some(serde_json::json!({ "x": "y".repeat(payload_bytes) })),
+                http_method: "POST".into(),
+                http_target: "/webhook/w".into(),
+                route_name: "n8n".into(),
+                n8n_execution_id: None,
+                redactions: None,
+            }),
+        }
+    }
+
+    fn finish(id: Uuid) -> Record {
+        Record::Finish {
+            finish: Box::new(AttemptFinish {
+                id,
+                responded_at: now_utc(),
+                duration_ms: 12,
+                response_payload: Some(serde_json::json!({"ok": true})),
+                status: Status::Success,
+                error_code: None,
+                error_detail: None,
+                n8n_execution_id: Some("42".into()),
+                http_status: Some(200),
+                request_bytes: 10,
+                response_bytes: 11,
+                redactions: None,
+            }),
+        }
+    }
+
+    fn open(cfg: &SpoolConfig, instance: Uuid) -> (Spool, Appender, Opened) {
+        Spool::open(cfg, instance, Arc::new(Metrics::default())).expect("open spool")
+    }
+
+    #[tokio::test]
+    async fn records_are_durable_in_order_and_survive_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = config(dir.path(), 1 << 20);
+        let (spool, appender, opened) = open(&cfg, Uuid::now_v7());
+        assert_eq!(opened.records, 0);
+        let first = start(10);
+        let id = match &first {
+            Record::Start { start, .. } => start.id,
+            Record::Finish { .. } => unreachable!(),
+        };
+        spool.append(&first).await.expect("append");
+        spool.append(&finish(id)).await.expect("append");
+        spool.append_detached(&start(20));
+        assert!(appender.close(std::time::Duration::from_secs(5)).await);
+        assert_eq!(spool.records(), 3);
+        drop(spool);
+
+        let (spool, appender, opened) = open(&cfg, Uuid::now_v7());
+        assert_eq!((opened.records, opened.torn_segments), (3, 0));
+        let segments = spool.seal().await.expect("seal");
+        let mut ops = Vec::new();
+        for seg in &segments {
+            let mut r = journal::Reader::open(&seg.path).expect("open segment");
+            while let Ok(Some(p)) = r.next_frame() {
+                ops.push(serde_json::from_slice::<Record>(&p).expect("decodes"));
+            }
+        }
+        assert!(matches!(&ops[0], Record::Start { start, .. } if start.id == id));
+        assert!(
+            matches!(&ops[1], Record::Finish { finish } if finish.id == id
+            && finish.status == Status::Success && finish.http_status == Some(200))
+        );
+        assert!(matches!(&ops[2], Record::Start { .. }));
+        for seg in &segments {
+            spool.trim(seg).expect("trim");
+        }
+        assert_eq!(
+            (spool.records(), spool.shared.bytes.load(Ordering::Relaxed)),
+            (0, 0)
+        );
+        assert!(appender.close(std::time::Duration::from_secs(5)).await);
+    }
+
+    #[tokio::test]
+    async fn a_directory_in_use_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = config(dir.path(), 1 << 20);
+        let (_spool, _appender, _) = open(&cfg, Uuid::now_v7());
+        let second = Spool::open(&cfg, Uuid::now_v7(), Arc::new(Metrics::default()));
+        let Err(e) = second else {
+            panic!("a second process opened a locked spool directory")
+        };
+        assert!(e.to_string().contains("in use by another"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_record_that_does_not_fit_is_refused_and_nothing_is_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = config(dir.path(), 1 << 20);
+        let metrics = Arc::new(Metrics::default());
+        let (spool, _appender, _) =
+            Spool::open(&cfg, Uuid::now_v7(), metrics.clone()).expect("open");
+        spool.append(&start(600_000)).await.expect("fits");
+        let e = spool.append(&start(600_000)).await.expect_err("full");
+        assert!(
+            matches!(e, SpoolError::Full { max_bytes } if max_bytes == 1 << 20),
+            "{e}"
+        );
+        spool
+            .append(&start(100))
+            .await
+            .expect("a small one still fits");
+        assert_eq!(spool.records(), 2);
+        assert_eq!(metrics.spool_full.load(Ordering::Relaxed), 1);
+        assert!(spool.has_room());
+    }
+
+    #[tokio::test]
+    async fn earlier_instances_are_remembered_until_forgotten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = config(dir.path(), 1 << 20);
+        let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let (spool, appender, opened) = open(&cfg, a);
+        assert!(opened.previous_instances.is_empty());
+        drop((spool, appender));
+        let (spool, appender, opened) = open(&cfg, b);
+        assert_eq!(opened.previous_instances, vec![a]);
+        drop(appender);
+        // b dies before resolving a's rows: the next process inherits both.
+        let (spool2, appender2, opened) = {
+            drop(spool);
+            open(&cfg, c)
+        };
+        assert_eq!(opened.previous_instances, vec![a, b]);
+        spool2.forget_previous(c).expect("forget");
+        drop((spool2, appender2));
+        let (_s, _a, opened) = open(&cfg, Uuid::now_v7());
+        assert_eq!(opened.previous_instances, vec![c]);
+    }
+}

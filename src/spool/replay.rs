@@ -23,7 +23,7 @@ use crate::store::{self, StoreError};
 use crate::trace::{AttemptFinish, AttemptStart};
 
 /// Longest pause between replay attempts while PostgreSQL stays unavailable.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// How often an idle replayer looks anyway (a missed wake-up costs at most this).
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 

@@ -5,6 +5,8 @@ mod attempts;
 mod cluster;
 mod failures;
 mod health;
+mod outage;
+mod process;
 mod protocol;
 mod recording;
 mod recovery;

@@ -249,14 +249,19 @@ pub fn config(db: &TestDb, upstream: SocketAddr, extra: &str) -> String {
     config_toml(&db.url(), &format!("http://{upstream}"), "", extra)
 }
 
-/// A whole test config: `db_extra` goes into `[database]`, `extra` after `[capture]` (it may
-/// open tables of its own), then one route `n8n` to `upstream_url`.
+/// A whole test config: `db_extra` goes into `[database]` (an insert timeout of 5 s unless it
+/// sets one), `extra` after `[capture]` (it may open tables of its own), then one route `n8n`
+/// to `upstream_url`.
 pub fn config_toml(db_url: &str, upstream_url: &str, db_extra: &str, extra: &str) -> String {
+    let insert_timeout = match db_extra.contains("insert_timeout_ms") {
+        true => "",
+        false => "insert_timeout_ms = 5000",
+    };
     format!(
         r#"
 [database]
 url = "{db_url}"
-insert_timeout_ms = 5000
+{insert_timeout}
 {db_extra}
 [capture]
 max_payload_bytes = 1024

@@ -1,0 +1,390 @@
+//! Outages of PostgreSQL (issue 7): the database stopped abruptly under load, frozen, or gone
+//! with the journal full or torn. Every client gets its normal answer; afterwards every request
+//! has exactly one final row. The database is a private cluster (`cluster.rs`), so stopping it
+//! touches no other test.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::Response;
+
+use crate::cluster::TestCluster;
+use crate::support::*;
+
+/// Short database deadlines, so an outage is detected within about a second.
+const FAST_FAILURE: &str = "insert_timeout_ms = 1000
+connect_timeout_ms = 500
+pool_wait_timeout_ms = 500
+statement_timeout_ms = 1000";
+
+fn echo_upstream() -> impl Fn(
+    http::Request<hyper::body::Incoming>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>>
+       + Clone
+       + Send
+       + Sync
+       + 'static {
+    |req| {
+        Box::pin(async move {
+            let trace = req
+                .headers()
+                .get("x-trace-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            Response::new(full(format!("{{\"ok\":true,\"trace\":\"{trace}\"}}")))
+        })
+    }
+}
+
+async fn wait_for_schema(url: &str) -> tokio_postgres::Client {
+    let client = connect(url).await;
+    for _ in 0..400 {
+        let rows = client
+            .query(
+                "SELECT to_regclass('communication_traces') IS NOT NULL",
+                &[],
+            )
+            .await
+            .expect("query");
+        if rows[0].get::<_, bool>(0) {
+            return client;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("communication_traces was not created within 10 s");
+}
+
+/// What the rows of `traces` look like: (rows, distinct ids, distinct traces, final rows,
+/// successful rows).
+async fn tally(client: &tokio_postgres::Client, traces: &[String]) -> (i64, i64, i64, i64, i64) {
+    let row = client
+        .query_one(
+            "SELECT count(*), count(DISTINCT id), count(DISTINCT trace_id),
+                    count(*) FILTER (WHERE overall_status IN ('success', 'failed')),
+                    count(*) FILTER (WHERE overall_status = 'success')
+             FROM communication_traces WHERE trace_id = ANY($1)",
+            &[&traces],
+        )
+        .await
+        .expect("tally");
+    (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4))
+}
+
+/// Waits until every trace has its one final, successful row and the journal is empty; returns
+/// how long that took.
+async fn wait_until_recorded(
+    url: &str,
+    traces: &[String],
+    proxy: &Proxy,
+    limit: Duration,
+) -> Duration {
+    let started = Instant::now();
+    let n = traces.len() as i64;
+    let mut last = (0, 0, 0, 0, 0);
+    while started.elapsed() < limit {
+        // The database may still be starting: reconnect each round.
+        if let Ok((client, conn)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await {
+            tokio::spawn(conn);
+            last = tally(&client, traces).await;
+            let spooled = proxy.metrics.spool_records.load(Ordering::Relaxed);
+            if last == (n, n, n, n, n) && spooled == 0 {
+                return started.elapsed();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "{n} requests: (rows, ids, traces, final, success) = {last:?} after {limit:?}; journal holds {}",
+        proxy.metrics.spool_records.load(Ordering::Relaxed)
+    );
+}
+
+/// Steady load: `clients` loops sending requests with fresh trace ids until `stop`; every
+/// answer must be the upstream's. Returns the trace ids sent and the slowest answer.
+fn load(
+    proxy_url: String,
+    clients: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<(Vec<String>, Duration)> {
+    tokio::spawn(async move {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let slowest = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..clients {
+            let (url, stop, sent, slowest) = (
+                proxy_url.clone(),
+                stop.clone(),
+                sent.clone(),
+                slowest.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let client = client();
+                while !stop.load(Ordering::Relaxed) {
+                    let trace = new_trace_id();
+                    let began = Instant::now();
+                    let resp = client
+                        .request(post(&url, &trace, "{\"workflow\":\"w\"}"))
+                        .await
+                        .unwrap_or_else(|e| panic!("{trace}: {e}"));
+                    let status = resp.status();
+                    let body = http_body_util::BodyExt::collect(resp.into_body())
+                        .await
+                        .expect("body")
+                        .to_bytes();
+                    let took = began.elapsed();
+                    slowest.fetch_max(took.as_micros() as u64, Ordering::Relaxed);
+                    assert_eq!(status, 200, "{trace}: {body:?}");
+                    assert_eq!(
+                        body,
+                        format!("{{\"ok\":true,\"trace\":\"{trace}\"}}").as_bytes(),
+                        "{trace}"
+                    );
+                    sent.lock().expect("lock").push(trace);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("client task");
+        }
+        let sent = std::mem::take(&mut *sent.lock().expect("lock"));
+        (sent, Duration::from_micros(slowest.load(Ordering::Relaxed)))
+    })
+}
+
+/// A proxy recording into `cluster`, to an echoing upstream, once its schema is there.
+async fn proxy_on(cluster: &TestCluster) -> Proxy {
+    let up = upstream(echo_upstream()).await;
+    let proxy = Proxy::start(&config_toml(
+        &cluster.url(),
+        &format!("http://{up}"),
+        FAST_FAILURE,
+        "",
+    ))
+    .await;
+    drop(wait_for_schema(&cluster.url()).await);
+    proxy
+}
+
+async fn blocking(f: impl FnOnce() + Send + 'static) {
+    tokio::task::spawn_blocking(f).await.expect("blocking task");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_immediately_under_load_loses_no_request_and_no_row() {
+    let cluster = Arc::new(TestCluster::start().await);
+    let proxy = proxy_on(&cluster).await;
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let running = load(proxy.url("/webhook/w"), 4, stop.clone());
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let c = cluster.clone();
+    let before = proxy.metrics.snapshot();
+    blocking(move || c.stop_immediate()).await;
+    let down_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let at_restart = proxy.metrics.snapshot();
+    cluster.restart().await;
+    let outage = down_at.elapsed();
+    // Load goes on: the journal drains while new requests still arrive.
+    let restarted = Instant::now();
+    let mut emptied = None;
+    while restarted.elapsed() < Duration::from_secs(20) {
+        if proxy.metrics.spool_records.load(Ordering::Relaxed) == 0 {
+            emptied = Some(restarted.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let emptied = emptied.expect("the journal emptied after the restart");
+    stop.store(true, Ordering::Relaxed);
+    let (traces, slowest) = running.await.expect("load");
+
+    let m = proxy.metrics.snapshot();
+    assert!(m.spooled > 0, "the outage was not spooled: {m:?}");
+    let drained =
+        wait_until_recorded(&cluster.url(), &traces, &proxy, Duration::from_secs(30)).await;
+    let m = proxy.metrics.snapshot();
+    println!(
+        "outage {outage:?}: {} journal records ({} requests) written while PostgreSQL was \
+         down; journal empty {emptied:?} after the restart, under continued load; {} requests \
+         in all, slowest answer {slowest:?}; all rows final {drained:?} after the load ended; \
+         {} records replayed",
+        at_restart.spooled - before.spooled,
+        at_restart.requests - before.requests,
+        traces.len(),
+        m.replayed
+    );
+    assert_eq!(m.unrecorded + m.rejected_unavailable, 0, "{m:?}");
+    assert!(m.replayed >= m.spooled, "{m:?}");
+    let unique: HashSet<&String> = traces.iter().collect();
+    assert_eq!(unique.len(), traces.len());
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_database_does_not_hold_requests_past_the_deadline() {
+    let cluster = TestCluster::start().await;
+    let proxy = proxy_on(&cluster).await;
+
+    // Before: recorded directly.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let running = load(proxy.url("/webhook/w"), 2, stop.clone());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    cluster.freeze();
+    // Connections to a stopped server are accepted by the kernel and then hang: only deadlines
+    // get requests through. Three seconds frozen: longer than every database deadline.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let during = proxy.metrics.snapshot();
+    cluster.thaw();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (traces, slowest) = running.await.expect("load");
+
+    assert!(
+        during.spooled > 0,
+        "nothing spooled while frozen: {during:?}"
+    );
+    // insert_timeout_ms = 1000, then the journal's fsync: well under two seconds.
+    assert!(
+        slowest < Duration::from_millis(2000),
+        "a request waited {slowest:?}"
+    );
+    let drained =
+        wait_until_recorded(&cluster.url(), &traces, &proxy, Duration::from_secs(30)).await;
+    println!(
+        "frozen 3 s: {} requests, slowest answer {slowest:?}, {} journal records, drained {drained:?}",
+        traces.len(),
+        proxy.metrics.snapshot().spooled
+    );
+    proxy.stop().await;
+}
+
+/// A journal segment left by an earlier process, 100 bytes short of `max_bytes`: no record
+/// fits any more.
+fn nearly_full_journal(dir: &std::path::Path, max_bytes: usize) {
+    let mut frames = Vec::new();
+    let goal = max_bytes - 100;
+    while frames.len() + 2 * 1008 <= goal {
+        trace_proxy::spool::journal::encode(&[b'x'; 1000], &mut frames);
+    }
+    let last = goal - frames.len() - 8;
+    trace_proxy::spool::journal::encode(&vec![b'x'; last], &mut frames);
+    assert_eq!(frames.len(), goal);
+    std::fs::write(trace_proxy::spool::journal::segment_path(dir, 1), &frames)
+        .expect("write segment");
+}
+
+#[tokio::test]
+async fn a_full_journal_rejects_or_forwards_as_configured() {
+    let dead = closed_port().await;
+    for (policy, want_status, want_seen) in [("reject", 503, 0), ("forward", 200, 1)] {
+        let (up, log) = recording_upstream(|| Response::new(full("{\"ok\":true}"))).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        nearly_full_journal(dir.path(), 1024 * 1024);
+        let proxy = Proxy::start(&config_toml(
+            &format!("postgres://postgres@{dead}/postgres"),
+            &format!("http://{up}"),
+            "insert_timeout_ms = 500",
+            &format!(
+                "[spool]\ndir = \"{}\"\nmax_bytes = 1048576\nspool_full = \"{policy}\"\n",
+                dir.path().display()
+            ),
+        ))
+        .await;
+        let trace = new_trace_id();
+        let (parts, body) = send(post(&proxy.url("/webhook/w"), &trace, "{\"a\":1}")).await;
+        assert_eq!(parts.status.as_u16(), want_status, "{policy}: {body:?}");
+        assert_eq!(log.lock().expect("log").len(), want_seen, "{policy}");
+        let m = proxy.metrics.snapshot();
+        assert!(m.spool_full >= 1, "{policy}: {m:?}");
+        if policy == "reject" {
+            assert!(
+                String::from_utf8_lossy(&body).contains("trace store unavailable"),
+                "{body:?}"
+            );
+            assert_eq!(m.rejected_unavailable, 1, "{m:?}");
+        } else {
+            assert_eq!(m.unrecorded, 1, "{m:?}");
+        }
+        proxy.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_torn_journal_tail_is_cut_and_the_rest_replayed_into_the_database() {
+    // A proxy without its database spools three requests, then stops.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = format!("[spool]\ndir = \"{}\"\n", dir.path().display());
+    let up = upstream(echo_upstream()).await;
+    let dead = closed_port().await;
+    let proxy = Proxy::start(&config_toml(
+        &format!("postgres://postgres@{dead}/postgres"),
+        &format!("http://{up}"),
+        "insert_timeout_ms = 500",
+        &spool,
+    ))
+    .await;
+    let traces: Vec<String> = (0..3).map(|_| new_trace_id()).collect();
+    for t in &traces {
+        let (parts, _) = send(post(&proxy.url("/webhook/w"), t, "{\"a\":1}")).await;
+        assert_eq!(parts.status, 200);
+    }
+    // Pending rows and final updates: six records.
+    for _ in 0..100 {
+        if proxy.metrics.snapshot().spooled == 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(proxy.metrics.snapshot().spooled, 6);
+    proxy.stop().await;
+
+    // A crash in the middle of a write: half a frame at the end of the last segment.
+    let mut segments: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("read dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "journal"))
+        .collect();
+    segments.sort();
+    let last = segments.last().expect("a journal segment");
+    let mut torn = Vec::new();
+    trace_proxy::spool::journal::encode(b"{\"op\":\"start\",\"never\":\"whole\"}", &mut torn);
+    torn.truncate(torn.len() / 2);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(last)
+        .expect("open segment");
+    std::io::Write::write_all(&mut f, &torn).expect("append");
+    drop(f);
+
+    // The next process, with its database, replays the whole records and drops the torn one.
+    let db = TestDb::new().await;
+    let proxy = Proxy::start(&config_toml(&db.url(), &format!("http://{up}"), "", &spool)).await;
+    wait_for_migrations(&db).await;
+    for t in &traces {
+        let rows = db.final_rows(t, 1).await;
+        assert_eq!(rows[0].get::<_, &str>("overall_status"), "success", "{t}");
+        assert_eq!(
+            rows[0].get::<_, Option<i32>>("http_status"),
+            Some(200),
+            "{t}"
+        );
+    }
+    assert_eq!(proxy.metrics.spool_torn.load(Ordering::Relaxed), 1);
+    for _ in 0..100 {
+        if proxy.metrics.spool_records.load(Ordering::Relaxed) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("read dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "journal"))
+        .collect();
+    assert!(left.is_empty(), "replayed segments are trimmed: {left:?}");
+    proxy.stop().await;
+}

@@ -1,0 +1,464 @@
+//! The real `trace-proxy` binary as a child process: killed with SIGKILL mid-request and
+//! restarted on the same spool directory, stopped with SIGTERM during a slow request, and a
+//! journal written while PostgreSQL was down replayed by the next process.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tokio::sync::mpsc;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use crate::support::*;
+
+/// Environment variables that would override the test's config file (or its log level).
+const OVERRIDING_ENV: [&str; 7] = [
+    "TRACE_PROXY_DATABASE_URL",
+    "TRACE_PROXY_SPOOL_DIR",
+    "DATABASE_URL",
+    "TRACE_PROXY_LISTEN",
+    "TRACE_PROXY_ADMIN_TOKEN",
+    "TRACE_PROXY_ENV",
+    "RUST_LOG",
+];
+
+/// Where one proxy deployment lives across its restarts: a temporary directory holding its
+/// config files, logs and spool directory, and the two 127.0.0.1 ports it listens on.
+struct Site {
+    dir: tempfile::TempDir,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    starts: AtomicUsize,
+}
+
+impl Site {
+    async fn new() -> Site {
+        Site {
+            dir: tempfile::tempdir().expect("site tempdir"),
+            // Bound, then released for the child to bind.
+            listen: closed_port().await,
+            admin: closed_port().await,
+            starts: AtomicUsize::new(0),
+        }
+    }
+
+    fn spool_dir(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+
+    /// The site's tables for [`config_toml`]'s `extra`: listeners (with `server_extra` in
+    /// `[server]`), the spool directory, no retention passes, then `extra`.
+    fn tables(&self, server_extra: &str, extra: &str) -> String {
+        format!(
+            "[server]\nlisten = \"{}\"\n{server_extra}\n[admin]\nlisten = \"{}\"\n\
+             [spool]\ndir = \"{}\"\n[retention]\ninterval_secs = 0\n{extra}\n",
+            self.listen,
+            self.admin,
+            self.spool_dir().display()
+        )
+    }
+
+    /// The journal segment files in the spool directory.
+    fn journal_files(&self) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(self.spool_dir()) else {
+            return Vec::new();
+        };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "journal"))
+            .collect();
+        files.sort();
+        files
+    }
+}
+
+/// One run of the `trace-proxy` binary on a [`Site`]; killed (SIGKILL) in Drop if still
+/// running, and its log tail printed when the test is failing.
+struct RunningBinary<'a> {
+    site: &'a Site,
+    child: Child,
+    log: PathBuf,
+    exited: Option<ExitStatus>,
+}
+
+impl<'a> RunningBinary<'a> {
+    /// Writes `config` to a new file of the site, runs `trace-proxy serve --config <file>` with
+    /// stdout and stderr going to a log file beside it, and waits until `/healthz` answers.
+    async fn start(site: &'a Site, config: &str) -> RunningBinary<'a> {
+        let n = site.starts.fetch_add(1, Ordering::Relaxed) + 1;
+        let config_path = site.dir.path().join(format!("proxy-{n}.toml"));
+        std::fs::write(&config_path, config).expect("write config");
+        let log = site.dir.path().join(format!("proxy-{n}.log"));
+        let out = File::create(&log).expect("create log file");
+        let err = out.try_clone().expect("clone log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_trace-proxy"));
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .current_dir(site.dir.path())
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .env("NO_COLOR", "1");
+        for var in OVERRIDING_ENV {
+            cmd.env_remove(var);
+        }
+        let child = cmd.spawn().expect("spawn trace-proxy");
+        let mut bin = RunningBinary {
+            site,
+            child,
+            log,
+            exited: None,
+        };
+        bin.wait_healthy(Duration::from_secs(15)).await;
+        bin
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.site.listen, path)
+    }
+
+    async fn wait_healthy(&mut self, limit: Duration) {
+        let url = format!("http://{}/healthz", self.site.admin);
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.try_exit() {
+                panic!("trace-proxy exited before it was healthy ({status})");
+            }
+            let probe = client().request(
+                http::Request::get(&url)
+                    .body(Full::new(Bytes::new()))
+                    .expect("request"),
+            );
+            if let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_millis(500), probe).await {
+                if resp.status() == StatusCode::OK {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("trace-proxy not healthy on {url} within {limit:?}");
+    }
+
+    fn try_exit(&mut self) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            self.exited = self.child.try_wait().expect("try_wait");
+        }
+        self.exited
+    }
+
+    fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("run kill -TERM");
+        assert!(status.success(), "kill -TERM {}: {status}", self.pid());
+    }
+
+    /// SIGKILL (`Child::kill`), then reaps the process.
+    async fn sigkill(&mut self) -> ExitStatus {
+        self.child.kill().expect("SIGKILL trace-proxy");
+        self.wait_exit(Duration::from_secs(5)).await
+    }
+
+    /// Waits (polling, so the test's runtime keeps running) until the process has exited.
+    async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.try_exit() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                panic!("trace-proxy still running {limit:?} later");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The last lines of the process's log.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read(&self.log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_else(|e| format!("(cannot read {}: {e})", self.log.display()));
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+        format!("--- tail of {} ---\n{tail}\n---", self.log.display())
+    }
+}
+
+impl Drop for RunningBinary<'_> {
+    fn drop(&mut self) {
+        if self.try_exit().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        // A failing test (a panic here or anywhere after the start) shows what the proxy said.
+        if std::thread::panicking() {
+            eprintln!("{}", self.log_tail());
+        }
+    }
+}
+
+/// Sends a request and reads the whole answer; an error instead of a panic, for requests whose
+/// connection may be cut.
+async fn fetch(req: http::Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), String> {
+    let resp = client().request(req).await.map_err(|e| format!("{e:?}"))?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("{e:?}"))?
+        .to_bytes();
+    Ok((status, body))
+}
+
+/// Polls until the trace has exactly one row with one of `statuses`, up to `secs`.
+async fn wait_for_row(db: &TestDb, trace_id: &str, statuses: &[&str], secs: u64) -> Row {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        let mut rows = db.trace_rows(trace_id).await;
+        seen = rows
+            .iter()
+            .map(|r| r.get::<_, String>("overall_status"))
+            .collect();
+        if rows.len() == 1 && statuses.contains(&seen[0].as_str()) {
+            return rows.remove(0);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("trace {trace_id}: expected one row {statuses:?} within {secs} s, saw {seen:?}");
+}
+
+#[tokio::test]
+async fn a_proxy_killed_with_sigkill_mid_request_is_resolved_when_restarted_on_its_spool_dir() {
+    let db = TestDb::new().await;
+    let (arrived_tx, mut arrived) = mpsc::channel::<()>(1);
+    // `/hold` is held far longer than the test runs; anything else answers at once.
+    let up = upstream(move |req| {
+        let arrived_tx = arrived_tx.clone();
+        async move {
+            if req.uri().path() == "/hold" {
+                let _ = arrived_tx.send(()).await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+            Response::new(full("ok"))
+        }
+    })
+    .await;
+    let site = Site::new().await;
+    // Staleness far beyond the test: only the same-spool-directory path can resolve the row.
+    let toml = config_toml(
+        &db.url(),
+        &format!("http://{up}"),
+        "",
+        &site.tables("", "[recovery]\nstale_after_secs = 600\n"),
+    );
+    let mut first = RunningBinary::start(&site, &toml).await;
+    wait_for_migrations(&db).await;
+
+    let trace = new_trace_id();
+    let held = tokio::spawn(fetch(get(&first.url("/hold"), &trace)));
+    let row = wait_for_row(&db, &trace, &["pending", "in_progress"], 10).await;
+    tokio::time::timeout(Duration::from_secs(10), arrived.recv())
+        .await
+        .expect("the request reaches the upstream");
+    let instance: Uuid = row
+        .get::<_, Option<Uuid>>("proxy_instance")
+        .expect("the row carries the instance id");
+
+    let exit = first.sigkill().await;
+    assert_eq!(exit.signal(), Some(9), "{exit}");
+    let answer = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("the client notices the proxy died")
+        .expect("client task");
+    assert!(answer.is_err(), "the client sees the proxy die: {answer:?}");
+    let rows = db.trace_rows(&trace).await;
+    assert_eq!(rows.len(), 1);
+    let status: String = rows[0].get("overall_status");
+    assert!(
+        status == "pending" || status == "in_progress",
+        "nothing resolved the row yet: {status}"
+    );
+    assert_eq!(rows[0].get::<_, Option<&str>>("error_code"), None);
+
+    // The same config, so the same spool directory: its lock is free again (the kernel dropped
+    // it with the process) and it names the dead instance.
+    let mut second = RunningBinary::start(&site, &toml).await;
+    let row = wait_for_row(&db, &trace, &["failed"], 10).await;
+    assert_eq!(
+        row.get::<_, Option<&str>>("error_code"),
+        Some("OUTCOME_UNKNOWN")
+    );
+    let detail: String = row
+        .get::<_, Option<String>>("error_detail")
+        .expect("error_detail");
+    assert!(detail.contains("spool directory"), "{detail}");
+    assert!(detail.contains(&instance.to_string()), "{detail}");
+    assert!(row
+        .get::<_, Option<chrono::NaiveDateTime>>("responded_at")
+        .is_some());
+
+    // The restarted proxy serves and records as usual.
+    let fresh = new_trace_id();
+    let (status, body) = fetch(post(&second.url("/webhook/after"), &fresh, r#"{"n":1}"#))
+        .await
+        .expect("request through the restarted proxy");
+    assert_eq!(status, 200);
+    assert_eq!(body, "ok");
+    let rows = db.final_rows(&fresh, 1).await;
+    assert_eq!(rows[0].get::<_, &str>("overall_status"), "success");
+    assert_eq!(rows[0].get::<_, Option<i32>>("http_status"), Some(200));
+    let new_instance = rows[0].get::<_, Option<Uuid>>("proxy_instance");
+    assert!(
+        new_instance.is_some_and(|i| i != instance),
+        "{new_instance:?}"
+    );
+
+    second.sigterm();
+    assert_eq!(
+        second.wait_exit(Duration::from_secs(15)).await.code(),
+        Some(0)
+    );
+}
+
+#[tokio::test]
+async fn sigterm_during_a_slow_request_lets_it_finish_records_it_and_exits_0() {
+    let db = TestDb::new().await;
+    let up = upstream(|_req| async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        Response::new(full("slow but complete"))
+    })
+    .await;
+    let site = Site::new().await;
+    let toml = config_toml(
+        &db.url(),
+        &format!("http://{up}"),
+        "",
+        &site.tables("shutdown_timeout_ms = 10000", ""),
+    );
+    let mut proxy = RunningBinary::start(&site, &toml).await;
+    wait_for_migrations(&db).await;
+
+    let trace = new_trace_id();
+    let request = tokio::spawn(fetch(post(
+        &proxy.url("/webhook/slow"),
+        &trace,
+        r#"{"slow":true}"#,
+    )));
+    wait_for_row(&db, &trace, &["pending", "in_progress"], 10).await;
+    assert!(!request.is_finished(), "SIGTERM comes mid-request");
+    proxy.sigterm();
+
+    let (status, body) = tokio::time::timeout(Duration::from_secs(15), request)
+        .await
+        .expect("the client gets its answer")
+        .expect("client task")
+        .expect("the whole response");
+    assert_eq!(status, 200);
+    assert_eq!(body, "slow but complete");
+    let exit = proxy.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(exit.code(), Some(0), "{exit}");
+
+    // Exited: every row was written before.
+    let rows = db.trace_rows(&trace).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, &str>("overall_status"), "success");
+    assert_eq!(rows[0].get::<_, Option<i32>>("http_status"), Some(200));
+    assert_eq!(rows[0].get::<_, Option<&str>>("error_code"), None);
+}
+
+#[tokio::test]
+async fn records_spooled_while_the_database_was_down_are_replayed_by_the_next_process() {
+    let db = TestDb::new().await;
+    let up = upstream(|_req| async { Response::new(full("stored later")) }).await;
+    let upstream_url = format!("http://{up}");
+    let site = Site::new().await;
+    let tables = site.tables("shutdown_timeout_ms = 10000", "");
+
+    // Nothing listens at the database URL: the proxy still serves, journaling every record.
+    let down = format!("postgres://postgres@{}/postgres", closed_port().await);
+    let down_config = config_toml(
+        &down,
+        &upstream_url,
+        "connect_timeout_ms = 500\npool_wait_timeout_ms = 500\ninsert_timeout_ms = 1000\n",
+        &tables,
+    );
+    let mut first = RunningBinary::start(&site, &down_config).await;
+    let traces: Vec<String> = (0..5).map(|_| new_trace_id()).collect();
+    for trace in &traces {
+        let (status, body) = fetch(post(&first.url("/webhook/spooled"), trace, r#"{"n":1}"#))
+            .await
+            .expect("request through the proxy whose database is down");
+        assert_eq!(status, 200, "{trace}: {body:?}");
+        assert_eq!(body, "stored later");
+    }
+    first.sigterm();
+    let exit = first.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(exit.code(), Some(0), "{exit}");
+    assert!(
+        !site.journal_files().is_empty(),
+        "no journal in {}",
+        site.spool_dir().display()
+    );
+
+    // The next process, on the same spool directory, with the database back.
+    let up_config = config_toml(&db.url(), &upstream_url, "", &tables);
+    let mut second = RunningBinary::start(&site, &up_config).await;
+    wait_for_migrations(&db).await;
+    let count = "SELECT count(*), count(DISTINCT id), count(DISTINCT trace_id),
+                    count(*) FILTER (WHERE overall_status = 'success' AND http_status = 200)
+                 FROM communication_traces WHERE trace_id = ANY($1)";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let counts = loop {
+        let row = db
+            .client
+            .query_one(count, &[&traces])
+            .await
+            .expect("count rows");
+        let counts: [i64; 4] = std::array::from_fn(|i| row.get(i));
+        if counts[0] >= 5 && counts[3] == 5 {
+            break counts;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replayed rows within 10 s: [rows, ids, traces, success] = {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert_eq!(
+        counts,
+        [5, 5, 5, 5],
+        "[rows, distinct ids, distinct traces, success]"
+    );
+    let all: i64 = db.rows("SELECT count(*) FROM communication_traces").await[0].get(0);
+    assert_eq!(all, 5, "no other rows");
+
+    // Replayed segments are trimmed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !site.journal_files().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "journal not trimmed: {:?}",
+            site.journal_files()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    second.sigterm();
+    let exit = second.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(exit.code(), Some(0), "{exit}");
+}

@@ -28,6 +28,9 @@ pub struct Metrics {
     pub spooled: AtomicU64,
     /// Journal records applied to PostgreSQL after an outage.
     pub replayed: AtomicU64,
+    /// Replayed pending rows found already stored (an insert that timed out but committed, or
+    /// a replay repeated after a crash): skipped, never stored twice.
+    pub replay_already_stored: AtomicU64,
     /// Records refused because the journal was full (`spool.max_bytes`).
     pub spool_full: AtomicU64,
     /// Records that could not be written to the journal (I/O error, spool stopped).
@@ -65,6 +68,7 @@ pub struct Snapshot {
     pub spooled: u64,
     pub replayed: u64,
     pub spool_full: u64,
+    pub replay_already_stored: u64,
 }
 
 impl Metrics {
@@ -88,6 +92,7 @@ impl Metrics {
             spooled: g(&self.spooled),
             replayed: g(&self.replayed),
             spool_full: g(&self.spool_full),
+            replay_already_stored: g(&self.replay_already_stored),
         }
     }
 }
@@ -332,7 +337,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         use std::fmt::Write;
         let mut out = String::with_capacity(8192);
-        let counters: [(&str, &AtomicU64, &str); 16] = [
+        let counters: [(&str, &AtomicU64, &str); 17] = [
             ("requests", &self.requests, "Requests that reached a route."),
             (
                 "rows_started",
@@ -388,6 +393,11 @@ impl Metrics {
                 "replayed",
                 &self.replayed,
                 "Spool journal records applied to PostgreSQL.",
+            ),
+            (
+                "replay_already_stored",
+                &self.replay_already_stored,
+                "Replayed pending rows found already stored (timed out but committed): skipped.",
             ),
             (
                 "spool_full",

@@ -452,7 +452,7 @@ async fn write_batch(ctx: &Ctx, batch: &mut Vec<Op>) {
         }
         let rows = written?;
         ins.resolve(&rows, metrics);
-        renumber(&client, &mut ins, metrics).await
+        renumber(&client, &mut ins, metrics).await.map(drop)
     })
     .await;
     match written {
@@ -522,7 +522,11 @@ pub(super) async fn replay(
         let stmt = client.prepare_cached(INSERT).await?;
         let rows = client.query(&stmt, &ins.params()).await?;
         ins.resolve(&rows, metrics);
-        renumber(client, &mut ins, metrics).await?;
+        let stored = renumber(client, &mut ins, metrics).await?;
+        // Timed-out inserts that committed after all, or a replay repeated: never a second row.
+        metrics
+            .replay_already_stored
+            .fetch_add(stored, Ordering::Relaxed);
     }
     let mut fin = Finishes::default();
     for f in finishes {
@@ -539,23 +543,26 @@ pub(super) async fn replay(
 
 /// Rows left out of the first statement: either already stored (answered with their number) or
 /// beaten to their attempt number by a concurrent batch (inserted again with a fresh number).
+/// Returns how many rows were found already stored.
 async fn renumber(
     client: &deadpool_postgres::Client,
     ins: &mut Inserts,
     metrics: &Metrics,
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
+    let mut stored = 0;
     for _ in 0..MAX_ROUNDS {
         let left = ins.unanswered();
         if left.is_empty() {
-            return Ok(());
+            return Ok(stored);
         }
         let ids: Vec<Uuid> = left.iter().map(|&i| ins.id[i]).collect();
         let stmt = client.prepare_cached(EXISTING).await?;
         let existing = client.query(&stmt, &[&ids]).await?;
+        stored += existing.len() as u64;
         ins.resolve(&existing, metrics);
         let left = ins.unanswered();
         if left.is_empty() {
-            return Ok(());
+            return Ok(stored);
         }
         let mut retry = ins.take(&left);
         let stmt = client.prepare_cached(INSERT).await?;

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub spool_torn: AtomicU64,
     /// Journal records that could not be decoded during replay (skipped, logged).
     pub spool_undecodable: AtomicU64,
+    /// Journal records PostgreSQL rejected on their own (invalid data; skipped, logged).
+    pub spool_rejected: AtomicU64,
     /// Gauges: what the journal holds now.
     pub spool_records: AtomicU64,
     pub spool_bytes: AtomicU64,
@@ -337,7 +339,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         use std::fmt::Write;
         let mut out = String::with_capacity(8192);
-        let counters: [(&str, &AtomicU64, &str); 17] = [
+        let counters: [(&str, &AtomicU64, &str); 18] = [
             ("requests", &self.requests, "Requests that reached a route."),
             (
                 "rows_started",
@@ -418,6 +420,11 @@ impl Metrics {
                 "spool_undecodable",
                 &self.spool_undecodable,
                 "Journal records skipped during replay because they could not be decoded.",
+            ),
+            (
+                "spool_rejected",
+                &self.spool_rejected,
+                "Journal records skipped during replay because PostgreSQL rejected their data.",
             ),
         ];
         for (name, c, help) in counters {

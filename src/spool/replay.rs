@@ -189,21 +189,8 @@ async fn replay_segment(
         })
         .await
         .map_err(|e| StoreError::Db(e.to_string()))?;
-        let mut starts: Vec<(AttemptStart, Uuid)> = Vec::new();
-        let mut finishes: Vec<AttemptFinish> = Vec::new();
-        for p in &payloads {
-            match serde_json::from_slice::<Record>(p) {
-                Ok(Record::Start { instance, start }) => starts.push((*start, instance)),
-                Ok(Record::Finish { finish }) => finishes.push(*finish),
-                Err(e) => {
-                    Metrics::inc(&ctx.metrics.spool_undecodable);
-                    tracing::error!(error = %e, "spool record not decodable; skipped");
-                }
-            }
-        }
         if !payloads.is_empty() {
-            let client = ctx.pool.get().await?;
-            store::replay(client, starts, finishes, &ctx.metrics, ctx.deadline).await?;
+            apply(ctx, &payloads).await?;
             ctx.metrics
                 .replayed
                 .fetch_add(payloads.len() as u64, Ordering::Relaxed);
@@ -211,6 +198,46 @@ async fn replay_segment(
         if !end {
             reader = Some(r);
         }
+    }
+}
+
+/// Applies one batch of journal records. When PostgreSQL rejects the data itself, the records
+/// are applied one at a time instead and the ones it rejects alone are skipped (logged and
+/// counted), so one bad record never blocks the journal behind it.
+async fn apply(ctx: &ReplayCtx, payloads: &[Vec<u8>]) -> Result<(), StoreError> {
+    let mut starts: Vec<(AttemptStart, Uuid)> = Vec::new();
+    let mut finishes: Vec<AttemptFinish> = Vec::new();
+    for p in payloads {
+        match serde_json::from_slice::<Record>(p) {
+            Ok(Record::Start { instance, start }) => starts.push((*start, instance)),
+            Ok(Record::Finish { finish }) => finishes.push(*finish),
+            Err(e) => {
+                Metrics::inc(&ctx.metrics.spool_undecodable);
+                tracing::error!(error = %e, "spool record not decodable; skipped");
+            }
+        }
+    }
+    if starts.is_empty() && finishes.is_empty() {
+        return Ok(());
+    }
+    let id = starts
+        .first()
+        .map(|(s, _)| s.id)
+        .or_else(|| finishes.first().map(|f| f.id));
+    let client = ctx.pool.get().await?;
+    match store::replay(client, starts, finishes, &ctx.metrics, ctx.deadline).await {
+        Err(StoreError::Rejected(e)) if payloads.len() == 1 => {
+            Metrics::inc(&ctx.metrics.spool_rejected);
+            tracing::error!(row_id = ?id, error = %e, "spool record rejected by PostgreSQL; skipped");
+            Ok(())
+        }
+        Err(StoreError::Rejected(_)) => {
+            for p in payloads {
+                Box::pin(apply(ctx, std::slice::from_ref(p))).await?;
+            }
+            Ok(())
+        }
+        other => other.map(drop),
     }
 }
 

@@ -26,6 +26,10 @@ pub enum StoreError {
     Pool(String),
     #[error("database: {0}")]
     Db(String),
+    /// The server refused the data itself (SQLSTATE class 22 data exception or 23 integrity
+    /// violation): sending it again cannot succeed.
+    #[error("database rejected the data: {0}")]
+    Rejected(String),
     #[error("no commit within {0:?}")]
     Timeout(Duration),
     #[error("store writer stopped")]
@@ -36,7 +40,13 @@ pub enum StoreError {
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
-        StoreError::Db(crate::capture::error_chain(&e))
+        let text = crate::capture::error_chain(&e);
+        match e.code().map(|c| c.code()) {
+            Some(code) if code.starts_with("22") || code.starts_with("23") => {
+                StoreError::Rejected(text)
+            }
+            _ => StoreError::Db(text),
+        }
     }
 }
 

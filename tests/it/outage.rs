@@ -394,3 +394,65 @@ async fn a_torn_journal_tail_is_cut_and_the_rest_replayed_into_the_database() {
     assert!(left.is_empty(), "replayed segments are trimmed: {left:?}");
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_record_postgresql_rejects_is_skipped_and_the_records_around_it_replayed() {
+    use trace_proxy::spool::{journal, Record};
+    use trace_proxy::trace::{now_utc, AttemptStart};
+    let start = |trace: &str, payload: serde_json::Value| Record::Start {
+        instance: uuid::Uuid::now_v7(),
+        start: Box::new(AttemptStart {
+            id: uuid::Uuid::now_v7(),
+            trace_id: trace.to_owned(),
+            execution_id: None,
+            source_service: "bilko-app".into(),
+            destination_service: "n8n".into(),
+            workflow_id: "w".into(),
+            action: None,
+            user_id: "u".into(),
+            requested_at: now_utc(),
+            request_payload: Some(payload),
+            http_method: "POST".into(),
+            http_target: "/webhook/w".into(),
+            route_name: "n8n".into(),
+            n8n_execution_id: None,
+            redactions: None,
+        }),
+    };
+    // The middle record holds a NUL in a JSON string, which jsonb refuses (SQLSTATE 22P05).
+    let traces: Vec<String> = (0..3).map(|_| new_trace_id()).collect();
+    let mut frames = Vec::new();
+    for (i, t) in traces.iter().enumerate() {
+        let payload = match i {
+            1 => serde_json::json!({ "bad": "a\u{0}b" }),
+            _ => serde_json::json!({ "good": i }),
+        };
+        let bytes = serde_json::to_vec(&start(t, payload)).expect("encode");
+        journal::encode(&bytes, &mut frames);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(journal::segment_path(dir.path(), 1), &frames).expect("write segment");
+
+    let db = TestDb::new().await;
+    let up = upstream(echo_upstream()).await;
+    let proxy = Proxy::start(&config(
+        &db,
+        up,
+        &format!("[spool]\ndir = \"{}\"\n", dir.path().display()),
+    ))
+    .await;
+    wait_for_migrations(&db).await;
+    for _ in 0..200 {
+        if proxy.metrics.spool_records.load(Ordering::Relaxed) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(proxy.metrics.spool_records.load(Ordering::Relaxed), 0);
+    assert_eq!(proxy.metrics.spool_rejected.load(Ordering::Relaxed), 1);
+    for (i, t) in traces.iter().enumerate() {
+        let rows = db.trace_rows(t).await;
+        assert_eq!(rows.len(), usize::from(i != 1), "{t}");
+    }
+    proxy.stop().await;
+}

@@ -58,6 +58,9 @@ pub async fn run_with(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    // The journal first, so the admin listener never reports an empty spool that is not.
+    let instance = uuid::Uuid::new_v4();
+    let spooling = open_spool(&config, instance, &metrics)?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let admin = match admin {
         Some(l) => Some(api::start(l, &config, metrics.clone(), stopped)?),
@@ -67,7 +70,15 @@ pub async fn run_with(
         shutdown.await;
         let _ = stop.send(true);
     };
-    let result = run_with_metrics(listener, config.clone(), metrics, shutdown).await;
+    let result = serve_all(
+        listener,
+        config.clone(),
+        metrics,
+        instance,
+        spooling,
+        shutdown,
+    )
+    .await;
     if let Some(admin) = admin {
         admin.stopped(config.server.shutdown_timeout).await;
     }
@@ -79,6 +90,40 @@ pub async fn run_with_metrics(
     listener: TcpListener,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let instance = uuid::Uuid::new_v4();
+    let spooling = open_spool(&config, instance, &metrics)?;
+    serve_all(listener, config, metrics, instance, spooling, shutdown).await
+}
+
+/// The spool journal, its appender and the earlier instances of its directory.
+type Spooling = (spool::Spool, spool::Appender, Vec<uuid::Uuid>);
+
+/// Opens the durable journal (cutting a torn tail) when `on_unavailable = "spool"`.
+fn open_spool(
+    config: &Config,
+    instance: uuid::Uuid,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<Spooling>, RunError> {
+    if config.database.on_unavailable != config::OnUnavailable::Spool {
+        return Ok(None);
+    }
+    let (spool, appender, opened) = spool::Spool::open(&config.spool, instance, metrics.clone())?;
+    tracing::info!(dir = %config.spool.dir.display(), records = opened.records,
+        bytes = opened.bytes, torn_segments = opened.torn_segments,
+        earlier_instances = opened.previous_instances.len(), "spool journal opened");
+    Ok(Some((spool, appender, opened.previous_instances)))
+}
+
+/// Migrates, starts the writer, the replayer and the background tasks, and serves until
+/// `shutdown`; every row this process inserts carries `instance`.
+async fn serve_all(
+    listener: TcpListener,
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    instance: uuid::Uuid,
+    spooling: Option<Spooling>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     metrics
@@ -97,20 +142,6 @@ pub async fn run_with_metrics(
             }
         }
     }
-    // Crash recovery: every row this process inserts carries its instance id.
-    let instance = uuid::Uuid::new_v4();
-    // The durable journal: opened (and its torn tail cut) before anything is served.
-    let spooling = match config.database.on_unavailable {
-        config::OnUnavailable::Spool => {
-            let (spool, appender, opened) =
-                spool::Spool::open(&config.spool, instance, metrics.clone())?;
-            tracing::info!(dir = %config.spool.dir.display(), records = opened.records,
-                bytes = opened.bytes, torn_segments = opened.torn_segments,
-                earlier_instances = opened.previous_instances.len(), "spool journal opened");
-            Some((spool, appender, opened.previous_instances))
-        }
-        _ => None,
-    };
     let spool = spooling.as_ref().map(|(s, _, _)| s.clone());
     let (store, writer) = Store::start(
         pool,

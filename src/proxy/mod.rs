@@ -583,6 +583,9 @@ impl Attempt {
         let spool = self.app.spool.clone()?;
         let start = self.spare.take()?;
         let waited = Instant::now();
+        // Spooled from the moment the record is queued: if the client goes away while it is
+        // being synced, the attempt's final update (aborted) follows it into the journal.
+        let before = self.insert.replace(Insert::Spooled);
         let result = spool
             .append(&Record::Start {
                 instance: self.app.store.instance(),
@@ -593,10 +596,10 @@ impl Attempt {
             .metrics
             .d1_insert
             .observe_duration(waited.elapsed());
-        if result.is_ok() {
-            spool.engage();
+        match &result {
             // The timed-out insert may still commit; the replayed copy is then a no-op.
-            self.insert = Some(Insert::Spooled);
+            Ok(()) => spool.engage(),
+            Err(_) => self.insert = before,
         }
         Some(result)
     }

@@ -112,6 +112,9 @@ async fn pause(backoff: &mut Duration, stop: &mut watch::Receiver<bool>) {
 
 /// One pass over every sealed segment.
 async fn pass(ctx: &ReplayCtx, stop: &watch::Receiver<bool>) -> Result<(), StoreError> {
+    // Only seal (close the segment being appended to) once PostgreSQL answers: failed passes
+    // during an outage would otherwise leave a small segment each.
+    reachable(ctx).await?;
     let segments = ctx
         .spool
         .seal()
@@ -138,6 +141,17 @@ async fn pass(ctx: &ReplayCtx, stop: &watch::Receiver<bool>) -> Result<(), Store
             "spool segment replayed");
     }
     Ok(())
+}
+
+async fn reachable(ctx: &ReplayCtx) -> Result<(), StoreError> {
+    let client = ctx.pool.get().await?;
+    match tokio::time::timeout(ctx.deadline, client.simple_query("SELECT 1")).await {
+        Ok(r) => r.map(drop).map_err(StoreError::from),
+        Err(_) => {
+            drop(deadpool_postgres::Object::take(client));
+            Err(StoreError::Timeout(ctx.deadline))
+        }
+    }
 }
 
 /// Applies one segment; false when stopped before its end.

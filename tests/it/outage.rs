@@ -456,3 +456,66 @@ async fn a_record_postgresql_rejects_is_skipped_and_the_records_around_it_replay
     }
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_gone_while_their_pending_row_is_synced_still_get_a_final_record() {
+    use tokio::io::AsyncWriteExt;
+    use trace_proxy::spool::{journal, Record};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up = upstream(echo_upstream()).await;
+    let dead = closed_port().await;
+    let proxy = Proxy::start(&config_toml(
+        &format!("postgres://postgres@{dead}/postgres"),
+        &format!("http://{up}"),
+        "insert_timeout_ms = 500",
+        &format!("[spool]\ndir = \"{}\"\n", dir.path().display()),
+    ))
+    .await;
+    // Clients that send a request and hang up at once, many at a time: some leave while their
+    // pending row is being synced.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let addr = proxy.addr;
+        tasks.push(tokio::spawn(async move {
+            for i in 0..60u64 {
+                let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+                let req = format!(
+                    "POST /webhook/w HTTP/1.1\r\nhost: x\r\nx-trace-id: {}\r\ncontent-length: 2\r\n\r\n{{}}",
+                    new_trace_id()
+                );
+                s.write_all(req.as_bytes()).await.expect("write");
+                // Gone after 0 to 3 ms: before, during or after the pending row's sync.
+                tokio::time::sleep(Duration::from_micros(i % 30 * 100)).await;
+                drop(s);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.stop().await;
+
+    let (mut starts, mut finishes) = (HashSet::new(), HashSet::new());
+    for entry in std::fs::read_dir(dir.path()).expect("read dir") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|x| x != "journal") {
+            continue;
+        }
+        let mut r = journal::Reader::open(&path).expect("open segment");
+        while let Ok(Some(p)) = r.next_frame() {
+            match serde_json::from_slice::<Record>(&p).expect("record") {
+                Record::Start { start, .. } => starts.insert(start.id),
+                Record::Finish { finish } => finishes.insert(finish.id),
+            };
+        }
+    }
+    assert!(!starts.is_empty(), "nothing was spooled");
+    let orphans: Vec<_> = starts.difference(&finishes).collect();
+    assert!(
+        orphans.is_empty(),
+        "{} of {} spooled pending rows have no final record",
+        orphans.len(),
+        starts.len()
+    );
+}

@@ -153,7 +153,7 @@ explain "failures" "SELECT $COLS FROM communication_traces WHERE workflow_id = '
 explain "history" "SELECT $COLS FROM communication_traces WHERE user_id = 'user-$((RANDOM % USERS))' ORDER BY requested_at DESC, id DESC LIMIT 51"
 
 log "starting trace-proxy with the admin API on $HOST:$ADMIN_PORT"
-"$BIN" serve --config "$TMP/proxy.toml" 2>"$TMP/proxy.log" &
+TRACE_PROXY_SPOOL_DIR="$TMP/spool" "$BIN" serve --config "$TMP/proxy.toml" 2>"$TMP/proxy.log" &
 PROXY_PID=$!
 wait_port "$ADMIN_PORT"
 
@@ -165,7 +165,9 @@ for pattern in chain failures history; do
     "$LOAD" "$HOST:$ADMIN_PORT" "$TOKEN" "$pattern" "$REQUESTS" 1 "$TRACES" "$WORKFLOWS" "$USERS"
     "$LOAD" "$HOST:$ADMIN_PORT" "$TOKEN" "$pattern" "$REQUESTS" "$CONCURRENCY" "$TRACES" "$WORKFLOWS" "$USERS"
 done
-kill -TERM "$PROXY_PID" && wait "$PROXY_PID" || true
+if kill -TERM "$PROXY_PID"; then
+    wait "$PROXY_PID" || true
+fi
 PROXY_PID=""
 
 echo

@@ -292,7 +292,11 @@ upstream = "http://$HOST:$UPSTREAM_PORT"
 source_service = "bilko-app"
 destination_service = "n8n"
 EOF
-    RUST_LOG=warn "$bin" serve --config "$TMP/$name.toml" >"$TMP/$name.log" 2>&1 &
+    # The spool journal (used only while PostgreSQL is unavailable) in the temp dir; set through
+    # the environment, which builds without a spool ignore.
+    mkdir -p "$TMP/$name-spool"
+    TRACE_PROXY_SPOOL_DIR="$TMP/$name-spool" RUST_LOG=warn "$bin" serve --config "$TMP/$name.toml" \
+        >"$TMP/$name.log" 2>&1 &
     STARTED_PID=$!
     # Longer deadline: the proxy runs its migrations before it listens.
     wait_for_port "$port" "$STARTED_PID" 30 "$name" "$TMP/$name.log"

@@ -285,6 +285,10 @@ listen = "$HOST:$port"
 [database]
 url = "$PROXY_DB_URL"
 
+# Off: several proxies run at once here, and the default admin port is shared.
+[admin]
+listen = ""
+
 [[routes]]
 name = "bench"
 path_prefix = "/"

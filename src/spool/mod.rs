@@ -238,11 +238,6 @@ impl Spool {
         self.shared.records.load(Ordering::Relaxed)
     }
 
-    /// Whether a record of typical size still fits.
-    pub fn has_room(&self) -> bool {
-        self.shared.bytes.load(Ordering::Relaxed) + 64 * 1024 <= self.shared.max_bytes
-    }
-
     /// Closes the segment being appended to and returns every sealed segment, oldest first.
     async fn seal(&self) -> Result<Vec<Segment>, SpoolError> {
         let (done, wait) = oneshot::channel();
@@ -608,7 +603,6 @@ mod tests {
             .expect("a small one still fits");
         assert_eq!(spool.records(), 2);
         assert_eq!(metrics.spool_full.load(Ordering::Relaxed), 1);
-        assert!(spool.has_room());
     }
 
     #[tokio::test]

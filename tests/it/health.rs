@@ -200,6 +200,21 @@ async fn metrics_are_strict_prometheus_text_and_count_requests_by_route_and_clas
             Some("histogram")
         );
     }
+    // The spool, idle while PostgreSQL is up: empty, nothing written or replayed.
+    for (family, kind) in [
+        ("trace_proxy_spool_records", "gauge"),
+        ("trace_proxy_spool_bytes", "gauge"),
+        ("trace_proxy_spooled_total", "counter"),
+        ("trace_proxy_replayed_total", "counter"),
+        ("trace_proxy_unrecorded_total", "counter"),
+    ] {
+        assert_eq!(
+            after.types.get(family).map(String::as_str),
+            Some(kind),
+            "{family}"
+        );
+        assert_eq!(n(family), 0.0, "{family}: {text}");
+    }
     // No per-request values leak into labels.
     assert!(!text.contains("/webhook"), "{text}");
     r.stop().await;

@@ -67,7 +67,8 @@ pub struct ApiState {
     token: Option<Token>,
     budget: usize,
     metrics: Arc<Metrics>,
-    /// `spool.max_bytes` when requests are spooled while PostgreSQL is unavailable.
+    /// What pending rows may fill of the journal, when requests are spooled while PostgreSQL
+    /// is unavailable (`SpoolConfig::pending_limit`).
     spool_max_bytes: Option<u64>,
 }
 
@@ -148,7 +149,7 @@ pub fn start(
             config.admin.max_response_bytes,
             metrics,
         )
-        .with_spool(spooling.then_some(config.spool.max_bytes)),
+        .with_spool(spooling.then_some(config.spool.pending_limit())),
     );
     let addr = listener
         .local_addr()

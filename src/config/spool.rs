@@ -54,6 +54,12 @@ pub struct SpoolConfig {
 }
 
 impl SpoolConfig {
+    /// The part of `max_bytes` pending rows may fill. The rest is kept for final updates, so
+    /// every attempt whose pending row was journaled can journal its outcome too.
+    pub fn pending_limit(&self) -> u64 {
+        self.max_bytes - self.max_bytes / 8
+    }
+
     /// Size at which the journal's file being appended to is closed and a new one started, so
     /// replayed records can be trimmed a file at a time.
     pub fn segment_bytes(&self) -> u64 {
@@ -110,6 +116,7 @@ mod tests {
         assert_eq!(c.max_bytes, 1 << 30);
         assert_eq!(c.spool_full, SpoolFull::Reject);
         assert_eq!(c.segment_bytes(), 64 * 1024 * 1024);
+        assert_eq!(c.pending_limit(), (1 << 30) / 8 * 7);
         let bad = RawSpool {
             dir: " ".into(),
             max_bytes: 10,

@@ -5,7 +5,9 @@
 //! - One appender task owns the journal file. Whatever is queued while it writes forms the next
 //!   group: one `write` and one `fdatasync` acknowledge them all (group commit).
 //! - The journal is bounded by `spool.max_bytes`; an append that does not fit is refused with
-//!   [`SpoolError::Full`] and the request follows `spool.spool_full`.
+//!   [`SpoolError::Full`] and the request follows `spool.spool_full`. Pending rows may only fill
+//!   seven eighths of it ([`SpoolConfig::pending_limit`]): the rest is kept for the final
+//!   updates of the attempts already journaled.
 //! - While the spool is *engaged* (a write to PostgreSQL failed or timed out), new pending rows
 //!   go straight to the journal instead of waiting for the database first. The replayer
 //!   (`replay`) disengages it once the journal is empty again.
@@ -65,8 +67,19 @@ pub enum Record {
     },
 }
 
+impl Record {
+    fn is_finish(&self) -> bool {
+        matches!(self, Record::Finish { .. })
+    }
+}
+
 enum Cmd {
-    Append(Vec<u8>, Option<oneshot::Sender<Result<(), SpoolError>>>),
+    /// An encoded record; whether it is a final update (which may use the reserve); who waits.
+    Append(
+        Vec<u8>,
+        bool,
+        Option<oneshot::Sender<Result<(), SpoolError>>>,
+    ),
     /// Close the segment being appended to, so the replayer can read it whole.
     Seal(oneshot::Sender<()>),
     Close,
@@ -76,6 +89,8 @@ enum Cmd {
 struct Shared {
     dir: PathBuf,
     max_bytes: u64,
+    /// What pending rows may fill (the rest is for final updates).
+    pending_limit: u64,
     /// Bytes and records in the journal (sealed segments plus the active one).
     bytes: AtomicU64,
     records: AtomicU64,
@@ -169,6 +184,7 @@ impl Spool {
         let shared = Arc::new(Shared {
             dir: dir.clone(),
             max_bytes: cfg.max_bytes,
+            pending_limit: cfg.pending_limit(),
             bytes: AtomicU64::new(opened.bytes),
             records: AtomicU64::new(opened.records),
             sealed: Mutex::new(segments),
@@ -202,7 +218,7 @@ impl Spool {
     pub async fn append(&self, record: &Record) -> Result<(), SpoolError> {
         let (done, wait) = oneshot::channel();
         self.tx
-            .send(Cmd::Append(encode(record)?, Some(done)))
+            .send(Cmd::Append(encode(record)?, record.is_finish(), Some(done)))
             .map_err(|_| SpoolError::Closed)?;
         wait.await.unwrap_or(Err(SpoolError::Closed))
     }
@@ -211,7 +227,7 @@ impl Spool {
     pub fn append_detached(&self, record: &Record) {
         let sent = encode(record).and_then(|bytes| {
             self.tx
-                .send(Cmd::Append(bytes, None))
+                .send(Cmd::Append(bytes, record.is_finish(), None))
                 .map_err(|_| SpoolError::Closed)
         });
         if let Err(e) = sent {
@@ -394,10 +410,14 @@ fn write_group(
     };
     for cmd in group {
         match cmd {
-            Cmd::Append(payload, ack) => {
+            Cmd::Append(payload, finish, ack) => {
                 let size = journal::frame_len(payload.len());
                 let used = shared.bytes.load(Ordering::Relaxed) + queued_bytes;
-                if used + size > shared.max_bytes {
+                let limit = match finish {
+                    true => shared.max_bytes,
+                    false => shared.pending_limit,
+                };
+                if used + size > limit {
                     Metrics::inc(&shared.metrics.spool_full);
                     let e = SpoolError::Full {
                         max_bytes: shared.max_bytes,
@@ -585,7 +605,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_record_that_does_not_fit_is_refused_and_nothing_is_written() {
+    async fn a_record_that_does_not_fit_is_refused_and_final_updates_keep_a_reserve() {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = config(dir.path(), 1 << 20);
         let metrics = Arc::new(Metrics::default());
@@ -597,12 +617,21 @@ mod tests {
             matches!(e, SpoolError::Full { max_bytes } if max_bytes == 1 << 20),
             "{e}"
         );
+        // Pending rows stop at seven eighths (917,504 bytes); final updates may use the rest.
         spool
-            .append(&start(100))
+            .append(&start(300_000))
             .await
-            .expect("a small one still fits");
-        assert_eq!(spool.records(), 2);
-        assert_eq!(metrics.spool_full.load(Ordering::Relaxed), 1);
+            .expect("still below the limit");
+        spool
+            .append(&start(20_000))
+            .await
+            .expect_err("pending rows may not use the reserve");
+        spool
+            .append(&finish(Uuid::now_v7()))
+            .await
+            .expect("a final update uses the reserve");
+        assert_eq!(spool.records(), 3);
+        assert_eq!(metrics.spool_full.load(Ordering::Relaxed), 2);
     }
 
     #[tokio::test]

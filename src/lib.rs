@@ -116,6 +116,31 @@ fn open_spool(
     Ok(Some((spool, appender, opened.previous_instances)))
 }
 
+/// `trace-proxy spool replay`: replays the journal in `config.spool.dir` into PostgreSQL (a
+/// spool left by a proxy that will not run again), resolves what its processes left
+/// unresolved, and returns. Refused while a proxy holds the directory.
+pub async fn replay_spool(config: &Config) -> Result<spool::Drained, RunError> {
+    let metrics = Arc::new(Metrics::default());
+    let pool = store::pool(&config.database)?;
+    if config.database.run_migrations {
+        migrate_pool(&pool).await?;
+    }
+    let instance = uuid::Uuid::new_v4();
+    let (spool, appender, opened) = spool::Spool::open(&config.spool, instance, metrics.clone())?;
+    let drained = spool::drain(spool::ReplayCtx {
+        spool,
+        pool,
+        metrics,
+        batch: config.spool.replay_batch,
+        deadline: config.database.client_deadline(),
+        instance,
+        previous: opened.previous_instances,
+    })
+    .await;
+    appender.close(config.server.shutdown_timeout).await;
+    Ok(drained?)
+}
+
 /// Migrates, starts the writer, the replayer and the background tasks, and serves until
 /// `shutdown`; every row this process inserts carries `instance`.
 async fn serve_all(

@@ -48,6 +48,20 @@ enum Command {
         #[command(subcommand)]
         query: trace_proxy::api::cli::TracesCommand,
     },
+    /// The spool journal of `[spool] dir` (records kept while PostgreSQL was unavailable).
+    Spool {
+        #[command(subcommand)]
+        action: SpoolAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum SpoolAction {
+    /// What the journal holds, read without changing it.
+    Status,
+    /// Replay the journal into PostgreSQL now and resolve what its processes left unresolved
+    /// (for a journal whose proxy will not run again; refused while a proxy uses it).
+    Replay,
 }
 
 #[derive(Subcommand)]
@@ -105,6 +119,7 @@ fn main() -> ExitCode {
                 action: RetentionAction::Run { now, dry_run },
             } => retention_run(&config, now, dry_run).await,
             Command::Traces { query } => traces(&config, query).await,
+            Command::Spool { action } => spool(&config, action).await,
             _ => serve(config).await,
         }
     });
@@ -197,6 +212,48 @@ async fn traces(
     query: trace_proxy::api::cli::TracesCommand,
 ) -> Result<(), Box<dyn std::error::Error>> {
     print!("{}", trace_proxy::api::cli::run(config, query).await?);
+    Ok(())
+}
+
+/// `spool status` / `spool replay`: a report on stdout.
+async fn spool(config: &Config, action: SpoolAction) -> Result<(), Box<dyn std::error::Error>> {
+    match action {
+        SpoolAction::Status => {
+            let s = trace_proxy::spool::status(&config.spool.dir)?;
+            println!(
+                "spool directory {}: {}",
+                s.dir.display(),
+                match s.in_use {
+                    true => "in use by a running proxy",
+                    false => "not in use",
+                }
+            );
+            println!(
+                "journal: {} segment(s), {} record(s), {} byte(s) waiting for replay",
+                s.segments.len(),
+                s.records(),
+                s.bytes()
+            );
+            for seg in s.segments.iter().filter(|seg| seg.torn.is_some()) {
+                if let Some(torn) = &seg.torn {
+                    println!(
+                        "torn: {}: {torn}; {} byte(s) after it are cut off at the next start",
+                        seg.segment.path.display(),
+                        seg.size - seg.segment.bytes
+                    );
+                }
+            }
+            let ids: Vec<String> = s.instances.iter().map(|i| i.to_string()).collect();
+            println!("instances: {}", ids.join(", "));
+        }
+        SpoolAction::Replay => {
+            let d = trace_proxy::replay_spool(config).await?;
+            println!(
+                "replayed {} journal record(s); {} row(s) left unresolved by earlier processes resolved as OUTCOME_UNKNOWN",
+                d.records, d.resolved
+            );
+        }
+    }
     Ok(())
 }
 

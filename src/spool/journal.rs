@@ -139,9 +139,20 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-/// The segments in `dir`, oldest first, each scanned: a torn tail is cut off (logged and
-/// counted in the returned number of torn segments). Files that are not segments are ignored.
-pub fn recover(dir: &Path) -> io::Result<(Vec<Segment>, u64)> {
+/// One segment as found on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scanned {
+    /// Its whole frames.
+    pub segment: Segment,
+    /// Where the whole frames end, when something else follows them.
+    pub torn: Option<Torn>,
+    /// The file's size.
+    pub size: u64,
+}
+
+/// The segments in `dir`, oldest first, each read to its last whole frame. Changes nothing.
+/// Files that are not segments are ignored.
+pub fn scan(dir: &Path) -> io::Result<Vec<Scanned>> {
     let mut seqs: Vec<u64> = Vec::new();
     for entry in fs::read_dir(dir)? {
         let name = entry?.file_name();
@@ -151,10 +162,10 @@ pub fn recover(dir: &Path) -> io::Result<(Vec<Segment>, u64)> {
         }
     }
     seqs.sort_unstable();
-    let mut segments = Vec::with_capacity(seqs.len());
-    let mut torn_segments = 0;
+    let mut out = Vec::with_capacity(seqs.len());
     for seq in seqs {
         let path = segment_path(dir, seq);
+        let size = fs::metadata(&path)?.len();
         let mut reader = Reader::open(&path)?;
         let mut records = 0u64;
         let torn = loop {
@@ -165,26 +176,44 @@ pub fn recover(dir: &Path) -> io::Result<(Vec<Segment>, u64)> {
                 Err(Err(e)) => return Err(e),
             }
         };
-        let bytes = reader.offset();
+        out.push(Scanned {
+            segment: Segment {
+                seq,
+                path,
+                bytes: reader.offset(),
+                records,
+            },
+            torn,
+            size,
+        });
+    }
+    Ok(out)
+}
+
+/// The segments in `dir`, oldest first ([`scan`]), with every torn tail cut off (logged) and
+/// segments without a whole frame removed; also returns how many segments were torn.
+pub fn recover(dir: &Path) -> io::Result<(Vec<Segment>, u64)> {
+    let mut segments = Vec::new();
+    let mut torn_segments = 0;
+    for Scanned {
+        segment,
+        torn,
+        size,
+    } in scan(dir)?
+    {
         if let Some(torn) = torn {
             torn_segments += 1;
-            let size = fs::metadata(&path)?.len();
-            tracing::warn!(segment = %path.display(), %torn, kept_bytes = bytes,
-                dropped_bytes = size - bytes, "journal: torn write cut off");
-            let f = OpenOptions::new().write(true).open(&path)?;
-            f.set_len(bytes)?;
+            tracing::warn!(segment = %segment.path.display(), %torn, kept_bytes = segment.bytes,
+                dropped_bytes = size - segment.bytes, "journal: torn write cut off");
+            let f = OpenOptions::new().write(true).open(&segment.path)?;
+            f.set_len(segment.bytes)?;
             f.sync_all()?;
         }
-        if records == 0 {
-            fs::remove_file(&path)?;
+        if segment.records == 0 {
+            fs::remove_file(&segment.path)?;
             continue;
         }
-        segments.push(Segment {
-            seq,
-            path,
-            bytes,
-            records,
-        });
+        segments.push(segment);
     }
     Ok((segments, torn_segments))
 }

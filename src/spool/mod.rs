@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-pub use replay::{ReplayCtx, Replayer};
+pub use replay::{drain, Drained, ReplayCtx, Replayer};
 
 use crate::config::SpoolConfig;
 use crate::metrics::Metrics;
@@ -462,6 +462,51 @@ fn clone_result(r: &Result<(), SpoolError>) -> Result<(), SpoolError> {
         Ok(()) => Ok(()),
         Err(e) => Err(SpoolError::Io(e.to_string())),
     }
+}
+
+/// What a spool directory holds, read without changing it (`trace-proxy spool status`).
+#[derive(Debug, Clone)]
+pub struct DirStatus {
+    pub dir: PathBuf,
+    /// A running process holds the directory's lock.
+    pub in_use: bool,
+    pub segments: Vec<journal::Scanned>,
+    /// Processes that used the directory (the last one may be running).
+    pub instances: Vec<Uuid>,
+}
+
+impl DirStatus {
+    pub fn records(&self) -> u64 {
+        self.segments.iter().map(|s| s.segment.records).sum()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.segment.bytes).sum()
+    }
+}
+
+/// Reads `dir` without taking it over: nothing is written, cut or locked for longer than a
+/// check.
+pub fn status(dir: &Path) -> Result<DirStatus, SpoolError> {
+    let err = |reason: String| SpoolError::Open {
+        dir: dir.to_owned(),
+        reason,
+    };
+    if !dir.is_dir() {
+        return Err(err("no such directory".into()));
+    }
+    let in_use = match File::open(dir.join(LOCK_FILE)) {
+        Ok(f) => matches!(f.try_lock_shared(), Err(fs::TryLockError::WouldBlock)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        Err(e) => return Err(err(format!("cannot open lock file: {e}"))),
+    };
+    Ok(DirStatus {
+        dir: dir.to_owned(),
+        in_use,
+        segments: journal::scan(dir).map_err(|e| err(format!("cannot read the journal: {e}")))?,
+        instances: read_instances(dir)
+            .map_err(|e| err(format!("cannot read {INSTANCES_FILE}: {e}")))?,
+    })
 }
 
 fn read_instances(dir: &Path) -> io::Result<Vec<Uuid>> {

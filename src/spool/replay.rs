@@ -255,7 +255,7 @@ async fn apply(ctx: &ReplayCtx, payloads: &[Vec<u8>]) -> Result<(), StoreError> 
     }
 }
 
-async fn resolve_previous(ctx: &mut ReplayCtx) -> Result<(), String> {
+async fn resolve_previous(ctx: &mut ReplayCtx) -> Result<u64, String> {
     let n = crate::recovery::resolve_instances(&ctx.pool, &ctx.previous)
         .await
         .map_err(|e| e.to_string())?;
@@ -265,5 +265,36 @@ async fn resolve_previous(ctx: &mut ReplayCtx) -> Result<(), String> {
         .forget_previous(ctx.instance)
         .map_err(|e| format!("cannot rewrite the instance list: {e}"))?;
     ctx.previous.clear();
-    Ok(())
+    Ok(n)
+}
+
+/// What [`drain`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// Journal records applied (pending rows and final updates).
+    pub records: u64,
+    /// Rows the directory's earlier processes left unresolved, now `OUTCOME_UNKNOWN`.
+    pub resolved: u64,
+}
+
+/// Replays the whole journal once and resolves what the directory's earlier processes left
+/// unresolved, with no traffic being spooled meanwhile (`trace-proxy spool replay`).
+pub async fn drain(mut ctx: ReplayCtx) -> Result<Drained, StoreError> {
+    let before = ctx.metrics.replayed.load(Ordering::Relaxed);
+    let (_keep, stop) = watch::channel(false);
+    pass(&ctx, &stop).await?;
+    let left = ctx.spool.records();
+    if left > 0 {
+        return Err(StoreError::Db(format!(
+            "{left} journal records were not replayed"
+        )));
+    }
+    let resolved = match ctx.previous.is_empty() {
+        true => 0,
+        false => resolve_previous(&mut ctx).await.map_err(StoreError::Db)?,
+    };
+    Ok(Drained {
+        records: ctx.metrics.replayed.load(Ordering::Relaxed) - before,
+        resolved,
+    })
 }

@@ -391,13 +391,7 @@ async fn records_spooled_while_the_database_was_down_are_replayed_by_the_next_pr
     let tables = site.tables("shutdown_timeout_ms = 10000", "");
 
     // Nothing listens at the database URL: the proxy still serves, journaling every record.
-    let down = format!("postgres://postgres@{}/postgres", closed_port().await);
-    let down_config = config_toml(
-        &down,
-        &upstream_url,
-        "connect_timeout_ms = 500\npool_wait_timeout_ms = 500\ninsert_timeout_ms = 1000\n",
-        &tables,
-    );
+    let down_config = without_database(&upstream_url, &tables).await;
     let mut first = RunningBinary::start(&site, &down_config).await;
     let traces: Vec<String> = (0..5).map(|_| new_trace_id()).collect();
     for trace in &traces {
@@ -461,4 +455,108 @@ async fn records_spooled_while_the_database_was_down_are_replayed_by_the_next_pr
     second.sigterm();
     let exit = second.wait_exit(Duration::from_secs(15)).await;
     assert_eq!(exit.code(), Some(0), "{exit}");
+}
+
+/// A config whose database URL points where nothing listens, with short database deadlines.
+async fn without_database(upstream_url: &str, tables: &str) -> String {
+    let down = format!("postgres://postgres@{}/postgres", closed_port().await);
+    config_toml(
+        &down,
+        upstream_url,
+        "connect_timeout_ms = 500\npool_wait_timeout_ms = 500\ninsert_timeout_ms = 1000\n",
+        tables,
+    )
+}
+
+/// Runs `trace-proxy <args> --config <config>` to completion.
+fn run_cli(site: &Site, config: &str, args: &[&str]) -> std::process::Output {
+    let n = site.starts.fetch_add(1, Ordering::Relaxed) + 1;
+    let config_path = site.dir.path().join(format!("cli-{n}.toml"));
+    std::fs::write(&config_path, config).expect("write config");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_trace-proxy"));
+    cmd.args(args)
+        .arg("--config")
+        .arg(&config_path)
+        .current_dir(site.dir.path())
+        .stdin(Stdio::null())
+        .env("NO_COLOR", "1");
+    for var in OVERRIDING_ENV {
+        cmd.env_remove(var);
+    }
+    cmd.output().expect("run trace-proxy")
+}
+
+#[tokio::test]
+async fn spool_status_and_replay_drain_a_journal_whose_proxy_will_not_run_again() {
+    let db = TestDb::new().await;
+    let up = upstream(|_req| async { Response::new(full("kept")) }).await;
+    let upstream_url = format!("http://{up}");
+    let site = Site::new().await;
+    let tables = site.tables("", "");
+    let down_config = without_database(&upstream_url, &tables).await;
+    let up_config = config_toml(&db.url(), &upstream_url, "", &tables);
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+
+    // A proxy without its database journals three requests, and is still running.
+    let mut proxy = RunningBinary::start(&site, &down_config).await;
+    let traces: Vec<String> = (0..3).map(|_| new_trace_id()).collect();
+    for trace in &traces {
+        let (status, _) = fetch(post(&proxy.url("/webhook/w"), trace, "{}"))
+            .await
+            .expect("request");
+        assert_eq!(status, 200);
+    }
+    let out = run_cli(&site, &up_config, &["spool", "status"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(": in use by a running proxy"),
+        "{}",
+        text(&out.stdout)
+    );
+    // The running proxy owns the journal: replaying it from elsewhere is refused.
+    let out = run_cli(&site, &up_config, &["spool", "replay"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("in use by another trace-proxy process"),
+        "{}",
+        text(&out.stderr)
+    );
+    proxy.sigterm();
+    assert_eq!(
+        proxy.wait_exit(Duration::from_secs(15)).await.code(),
+        Some(0)
+    );
+
+    // The proxy will not run again: what it left is reported, then replayed by hand.
+    let out = run_cli(&site, &up_config, &["spool", "status"]);
+    let status = text(&out.stdout);
+    assert!(status.contains(": not in use"), "{status}");
+    assert!(status.contains(", 6 record(s), "), "{status}");
+    let out = run_cli(&site, &up_config, &["spool", "replay"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("replayed 6 journal record(s); 0 row(s)"),
+        "{}",
+        text(&out.stdout)
+    );
+    for trace in &traces {
+        let rows = db.trace_rows(trace).await;
+        assert_eq!(rows.len(), 1, "{trace}");
+        assert_eq!(
+            rows[0].get::<_, &str>("overall_status"),
+            "success",
+            "{trace}"
+        );
+    }
+    assert!(
+        site.journal_files().is_empty(),
+        "{:?}",
+        site.journal_files()
+    );
+    let out = run_cli(&site, &up_config, &["spool", "status"]);
+    assert!(
+        text(&out.stdout).contains(", 0 record(s), "),
+        "{}",
+        text(&out.stdout)
+    );
 }

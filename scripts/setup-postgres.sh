@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure a PostgreSQL server answers where the tests look for it
 # (TRACE_PROXY_TEST_DATABASE_URL, default postgres://postgres@127.0.0.1:5432/postgres).
-#   1. already answering: nothing to do;
+#   1. already answering: nothing to do (but install the server binaries the outage tests run
+#      their private clusters with, if they are missing);
 #   2. a Debian cluster exists but is stopped: start it;
 #   3. no server at all (a fresh Debian/Ubuntu machine, as root): install PostgreSQL from the
 #      distribution, start it, and allow password-less connections from loopback only, for
@@ -23,7 +24,30 @@ wait_ready() {
     return 1
 }
 
+# The outage tests also start private clusters of their own: they need the server binaries
+# (initdb, pg_ctl) here even when the server the tests use runs elsewhere.
+server_binaries() {
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 ||
+        { command -v pg_config >/dev/null 2>&1 && [ -x "$(pg_config --bindir)/initdb" ]; }
+}
+
+install_server_binaries() {
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        echo "setup-postgres: initdb/pg_ctl not found; the outage tests need the PostgreSQL server package" >&2
+        exit 1
+    fi
+    echo "setup-postgres: installing the PostgreSQL server binaries (no cluster)"
+    mkdir -p /etc/postgresql-common
+    if [ ! -e /etc/postgresql-common/createcluster.conf ]; then
+        echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.conf
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+}
+
 if answers; then
+    server_binaries || install_server_binaries
     exit 0
 fi
 
@@ -56,7 +80,7 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends postgresql postgresql-client >/dev/null
 version=$(pg_lsclusters --no-header | awk 'NR==1 {print $1}')
 if [ -z "$version" ]; then
-    version=$(ls /usr/lib/postgresql | sort -V | tail -n 1)
+    version=$(find /usr/lib/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -n 1)
     pg_createcluster "$version" main
 fi
 hba="/etc/postgresql/$version/main/pg_hba.conf"

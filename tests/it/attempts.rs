@@ -294,7 +294,9 @@ async fn concurrent_requests_on_one_trace_get_distinct_gap_free_numbers() {
             let req = http::Request::post(&url)
                 .header("x-trace-id", &trace)
                 .header("content-type", "application/json")
-                .body(Full::new(Bytes::from(format!(r#"{{"n":{i}}}"#))))
+                .body(Full::new(Bytes::from(format!(
+                    r#"{{"n":{i},"password":"hunter2"}}"#
+                ))))
                 .expect("request");
             let (parts, _) = send(req).await;
             parts.headers["x-attempt-number"]
@@ -314,6 +316,17 @@ async fn concurrent_requests_on_one_trace_get_distinct_gap_free_numbers() {
     let mut stored: Vec<i32> = rows.iter().map(|r| r.get("attempt_number")).collect();
     stored.sort();
     assert_eq!(stored, (1..=8).collect::<Vec<_>>());
+    // Rows renumbered after losing a race keep everything else they carried.
+    for r in &rows {
+        let payload: serde_json::Value = r.get("request_payload");
+        assert_eq!(payload["password"], "[REDACTED]", "{payload}");
+        let redactions: Option<serde_json::Value> = r.get("redactions");
+        assert!(
+            redactions.is_some_and(|v| v.to_string().contains("request_payload")),
+            "attempt {}: redactions record lost",
+            r.get::<_, i32>("attempt_number")
+        );
+    }
     proxy.stop().await;
 }
 

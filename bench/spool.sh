@@ -7,6 +7,7 @@
 #     the ratio spool / db. For the spool run it also records N, the requests wrk completed,
 #     the spool gauges from /metrics just before the proxy is stopped, and the journal on disk
 #     (bytes of *.journal, and its records counted frame by frame after the proxy exited).
+#     Each proxy's peak resident memory (VmHWM) is reported too.
 #  2. Drain: the spool-mode proxy is stopped with SIGTERM (it must exit 0), a new proxy starts
 #     on the SAME spool dir with the real database URL, and the wall time from its start until
 #     /metrics shows `trace_proxy_spool_records 0` with every journal record replayed (polled
@@ -59,7 +60,7 @@ HOST=127.0.0.1
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 # Results, keyed by run ("db", "spool").
-declare -A RPS P50 P99 ERRS REQS SPOOLED EXIT_CODE
+declare -A RPS P50 P99 ERRS REQS SPOOLED EXIT_CODE PEAK_RSS
 
 # PIDs of the processes this script started; cleanup stops exactly these.
 UPSTREAM_PID=""
@@ -292,6 +293,8 @@ launch_proxy() {
 # SIGTERM to the running proxy (run $1); it must exit 0 within the shutdown timeout.
 stop_proxy() {
     local name=$1 rc=0
+    # Peak resident memory of the whole run (VmHWM), in MiB.
+    PEAK_RSS[$name]=$(awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$PROXY_PID/status" 2>/dev/null || echo "?")
     log "$name: SIGTERM to the proxy (pid $PROXY_PID)"
     kill -TERM "$PROXY_PID"
     wait "$PROXY_PID" || rc=$?
@@ -462,10 +465,10 @@ print_results() {
     local r n=${REQS[spool]}
     echo
     echo "throughput: warm-up ${WARMUP}s + ${DURATION}s, wrk -t2 -c$CONNS, POST $BENCH_PATH; $(nproc) cores"
-    printf '%-6s %10s %9s %9s %7s %10s %9s %10s\n' run rps "p50 ms" "p99 ms" errors requests spooled "exit(TERM)"
+    printf '%-6s %10s %9s %9s %7s %10s %9s %10s %12s\n' run rps "p50 ms" "p99 ms" errors requests spooled "exit(TERM)" "peak RSS MiB"
     for r in db spool; do
-        printf '%-6s %10s %9s %9s %7s %10s %9s %10s\n' "$r" "${RPS[$r]}" "${P50[$r]}" "${P99[$r]}" \
-            "${ERRS[$r]}" "${REQS[$r]}" "${SPOOLED[$r]:-0}" "${EXIT_CODE[$r]}"
+        printf '%-6s %10s %9s %9s %7s %10s %9s %10s %12s\n' "$r" "${RPS[$r]}" "${P50[$r]}" "${P99[$r]}" \
+            "${ERRS[$r]}" "${REQS[$r]}" "${SPOOLED[$r]:-0}" "${EXIT_CODE[$r]}" "${PEAK_RSS[$r]}"
     done
     awk -v s="${RPS[spool]}" -v d="${RPS[db]}" \
         'BEGIN { printf "spool / db rps: %.3f\n", (d > 0 ? s / d : 0) }'
@@ -477,9 +480,9 @@ print_results() {
         "$(awk -v b="$DISK_BYTES" -v n="$J_STARTS" 'BEGIN { printf "%.0f", (n > 0 ? b / n : 0) }')"
     echo
     echo "drain: new proxy on the spool dir, real database; wall time from its start to spool_records 0 + rows final"
-    printf '%-9s %9s %10s %8s %10s %10s %8s %10s\n' replayed seconds records/s rows "requests N" "rows - N" final "exit(TERM)"
-    printf '%-9s %9s %10s %8s %10s %10s %8s %10s\n' "$DRAIN_REPLAYED" "$DRAIN_SECS" "$DRAIN_RATE" "$ROWS" \
-        "$n" "$((ROWS - n))" "$ROWS_FINAL" "${EXIT_CODE[drain]}"
+    printf '%-9s %9s %10s %8s %10s %10s %8s %10s %12s\n' replayed seconds records/s rows "requests N" "rows - N" final "exit(TERM)" "peak RSS MiB"
+    printf '%-9s %9s %10s %8s %10s %10s %8s %10s %12s\n' "$DRAIN_REPLAYED" "$DRAIN_SECS" "$DRAIN_RATE" "$ROWS" \
+        "$n" "$((ROWS - n))" "$ROWS_FINAL" "${EXIT_CODE[drain]}" "${PEAK_RSS[drain]}"
     printf 'rows: %s success, %s failed (%s OUTCOME_UNKNOWN); %s distinct ids; rows - N must be in [0, %s] (in flight at the end of the two wrk runs)\n' \
         "$ROWS_SUCCESS" "$((ROWS_FINAL - ROWS_SUCCESS))" "$ROWS_UNKNOWN" "$ROWS_DISTINCT" "$INFLIGHT_MAX"
     printf 'first /metrics answer of the drain proxy: %s\n' "$FIRST_SAMPLE"

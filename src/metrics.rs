@@ -39,7 +39,8 @@ pub struct Metrics {
     pub spool_torn: AtomicU64,
     /// Journal records that could not be decoded during replay (skipped, logged).
     pub spool_undecodable: AtomicU64,
-    /// Journal records PostgreSQL rejected on their own (invalid data; skipped, logged).
+    /// Journal records PostgreSQL rejected on their own (invalid data): stored with the payload
+    /// replaced by a note, or skipped if even that was rejected; logged.
     pub spool_rejected: AtomicU64,
     /// Gauges: what the journal holds now.
     pub spool_records: AtomicU64,
@@ -424,7 +425,7 @@ impl Metrics {
             (
                 "spool_rejected",
                 &self.spool_rejected,
-                "Journal records skipped during replay because PostgreSQL rejected their data.",
+                "Journal records PostgreSQL rejected at replay (stored without their payload, or skipped).",
             ),
         ];
         for (name, c, help) in counters {

@@ -216,11 +216,53 @@ async fn replay_segment(
 }
 
 /// Applies one batch of journal records. When PostgreSQL rejects the data itself, the records
-/// are applied one at a time instead and the ones it rejects alone are skipped (logged and
-/// counted), so one bad record never blocks the journal behind it.
+/// are applied one at a time instead; a record rejected on its own is stored once more with its
+/// payload replaced by a note saying why (the row is still written), and skipped only if even
+/// that is rejected. Either way it never blocks the journal behind it.
 async fn apply(ctx: &ReplayCtx, payloads: &[Vec<u8>]) -> Result<(), StoreError> {
-    let mut starts: Vec<(AttemptStart, Uuid)> = Vec::new();
-    let mut finishes: Vec<AttemptFinish> = Vec::new();
+    let (starts, finishes) = decode(ctx, payloads);
+    if starts.is_empty() && finishes.is_empty() {
+        return Ok(());
+    }
+    let client = ctx.pool.get().await?;
+    match store::replay(client, starts, finishes, &ctx.metrics, ctx.deadline).await {
+        Err(StoreError::Rejected(e)) if payloads.len() == 1 => {
+            Metrics::inc(&ctx.metrics.spool_rejected);
+            let (mut starts, mut finishes) = decode(ctx, payloads);
+            let note = serde_json::json!({ "_unstorable": format!("PostgreSQL refused this payload: {e}") });
+            for (s, _) in &mut starts {
+                s.request_payload = Some(note.clone());
+                tracing::error!(row_id = %s.id, error = %e, "spool record rejected by PostgreSQL; storing it without its request payload");
+            }
+            for f in &mut finishes {
+                f.response_payload = Some(note.clone());
+                tracing::error!(row_id = %f.id, error = %e, "spool record rejected by PostgreSQL; storing it without its response payload");
+            }
+            let client = ctx.pool.get().await?;
+            match store::replay(client, starts, finishes, &ctx.metrics, ctx.deadline).await {
+                Err(StoreError::Rejected(e)) => {
+                    tracing::error!(error = %e, "spool record rejected by PostgreSQL even without its payload; skipped");
+                    Ok(())
+                }
+                other => other.map(drop),
+            }
+        }
+        Err(StoreError::Rejected(_)) => {
+            for p in payloads {
+                Box::pin(apply(ctx, std::slice::from_ref(p))).await?;
+            }
+            Ok(())
+        }
+        other => other.map(drop),
+    }
+}
+
+type Decoded = (Vec<(AttemptStart, Uuid)>, Vec<AttemptFinish>);
+
+/// The pending rows and final updates of `payloads`; undecodable ones are counted and skipped.
+fn decode(ctx: &ReplayCtx, payloads: &[Vec<u8>]) -> Decoded {
+    let mut starts = Vec::new();
+    let mut finishes = Vec::new();
     for p in payloads {
         match serde_json::from_slice::<Record>(p) {
             Ok(Record::Start { instance, start }) => starts.push((*start, instance)),
@@ -231,28 +273,7 @@ async fn apply(ctx: &ReplayCtx, payloads: &[Vec<u8>]) -> Result<(), StoreError> 
             }
         }
     }
-    if starts.is_empty() && finishes.is_empty() {
-        return Ok(());
-    }
-    let id = starts
-        .first()
-        .map(|(s, _)| s.id)
-        .or_else(|| finishes.first().map(|f| f.id));
-    let client = ctx.pool.get().await?;
-    match store::replay(client, starts, finishes, &ctx.metrics, ctx.deadline).await {
-        Err(StoreError::Rejected(e)) if payloads.len() == 1 => {
-            Metrics::inc(&ctx.metrics.spool_rejected);
-            tracing::error!(row_id = ?id, error = %e, "spool record rejected by PostgreSQL; skipped");
-            Ok(())
-        }
-        Err(StoreError::Rejected(_)) => {
-            for p in payloads {
-                Box::pin(apply(ctx, std::slice::from_ref(p))).await?;
-            }
-            Ok(())
-        }
-        other => other.map(drop),
-    }
+    (starts, finishes)
 }
 
 async fn resolve_previous(ctx: &mut ReplayCtx) -> Result<u64, String> {

@@ -396,7 +396,7 @@ async fn a_torn_journal_tail_is_cut_and_the_rest_replayed_into_the_database() {
 }
 
 #[tokio::test]
-async fn a_record_postgresql_rejects_is_skipped_and_the_records_around_it_replayed() {
+async fn a_record_postgresql_rejects_is_stored_without_its_payload_and_the_rest_replayed() {
     use trace_proxy::spool::{journal, Record};
     use trace_proxy::trace::{now_utc, AttemptStart};
     let start = |trace: &str, payload: serde_json::Value| Record::Start {
@@ -452,7 +452,17 @@ async fn a_record_postgresql_rejects_is_skipped_and_the_records_around_it_replay
     assert_eq!(proxy.metrics.spool_rejected.load(Ordering::Relaxed), 1);
     for (i, t) in traces.iter().enumerate() {
         let rows = db.trace_rows(t).await;
-        assert_eq!(rows.len(), usize::from(i != 1), "{t}");
+        assert_eq!(rows.len(), 1, "{t}");
+        let payload: serde_json::Value = rows[0].get("request_payload");
+        match i {
+            1 => assert!(
+                payload["_unstorable"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("PostgreSQL refused this payload")),
+                "{payload}"
+            ),
+            _ => assert_eq!(payload, serde_json::json!({ "good": i })),
+        }
     }
     proxy.stop().await;
 }

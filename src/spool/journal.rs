@@ -2,7 +2,7 @@
 //! by one task, read back in order by the replayer, deleted once replayed.
 //!
 //! A frame is `len: u32 LE | crc32: u32 LE | payload (len bytes)`, the checksum over the
-//! payload. A crash can leave the last frame of the last segment incomplete or with garbage
+//! payload, which is never empty. A crash can leave the last frame of the last segment incomplete or with garbage
 //! after it; [`Reader`] stops at the first frame that is short or fails its checksum, and
 //! [`recover`] cuts such a tail off at startup, so a torn write is detected and never replayed
 //! nor crashes the replay.
@@ -104,7 +104,9 @@ impl Reader {
         }
         let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
         let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        if len > MAX_PAYLOAD {
+        // Records are never empty: a zero length is what a zero-filled tail (a crash after the
+        // file grew but before its data reached the disk) looks like.
+        if len == 0 || len > MAX_PAYLOAD {
             return Err(Ok(Torn::Corrupt {
                 offset: self.offset,
             }));
@@ -312,16 +314,16 @@ mod tests {
     fn frames_round_trip_in_order_across_segments() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut a = Active::new(dir.path(), 7);
-        write(&mut a, &[b"one", b"", b"three"]);
+        write(&mut a, &[b"one", b"2", b"three"]);
         let first = a.seal().expect("sealed");
         assert_eq!(a.seal(), None, "an empty segment is not sealed");
         write(&mut a, &[b"four"]);
-        assert_eq!((first.seq, first.records, first.bytes), (7, 3, 3 * 8 + 8));
+        assert_eq!((first.seq, first.records, first.bytes), (7, 3, 3 * 8 + 9));
         let (segs, torn) = recover(dir.path()).expect("recover");
         assert_eq!(torn, 0);
         assert_eq!(segs.iter().map(|s| s.seq).collect::<Vec<_>>(), vec![7, 8]);
         let (p, t) = payloads(&segs[0].path);
-        assert_eq!(p, vec![b"one".to_vec(), Vec::new(), b"three".to_vec()]);
+        assert_eq!(p, vec![b"one".to_vec(), b"2".to_vec(), b"three".to_vec()]);
         assert_eq!(t, None);
         assert_eq!(payloads(&segs[1].path).0, vec![b"four".to_vec()]);
     }
@@ -341,7 +343,8 @@ mod tests {
             ("cut header", last[..5].to_vec()),
             ("cut payload", last[..last.len() - 3].to_vec()),
             ("garbage", vec![0xff; 40]),
-            ("zeros", vec![0; 3]),
+            ("a few zeros", vec![0; 3]),
+            ("zero-filled blocks", vec![0; 4096]),
             ("flipped byte", {
                 let mut l = last.clone();
                 let n = l.len();

@@ -318,10 +318,26 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn encode(record: &Record) -> Result<Vec<u8>, SpoolError> {
-    serde_json::to_vec(record).map_err(|e| SpoolError::Io(format!("cannot encode record: {e}")))
+    let bytes = serde_json::to_vec(record)
+        .map_err(|e| SpoolError::Io(format!("cannot encode record: {e}")))?;
+    if bytes.len() > journal::MAX_PAYLOAD as usize {
+        return Err(SpoolError::Io(format!(
+            "record of {} bytes exceeds the journal's frame limit",
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
 }
 
+/// Final updates whose write failed wait for the next try; beyond this many bytes of them the
+/// oldest are given up (logged and counted).
+const MAX_RETRY_BYTES: usize = 64 * 1024 * 1024;
+/// How soon failed final updates are tried again when nothing else arrives.
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The appender: group commit. Everything queued while a group is written forms the next one.
+/// Final updates nobody waits for are kept and tried again when their write fails (a full
+/// disk, an I/O error): the request they finish was already forwarded.
 async fn append_loop(
     mut rx: mpsc::UnboundedReceiver<Cmd>,
     active: Active,
@@ -329,27 +345,36 @@ async fn append_loop(
     segment_bytes: u64,
 ) {
     let mut active = Some(active);
+    let mut retry: Vec<Cmd> = Vec::new();
     let mut cmds = Vec::with_capacity(256);
     loop {
-        if rx.recv_many(&mut cmds, 4096).await == 0 {
+        let received = match retry.is_empty() {
+            true => rx.recv_many(&mut cmds, 4096).await,
+            false => tokio::time::timeout(RETRY_AFTER, rx.recv_many(&mut cmds, 4096))
+                .await
+                .unwrap_or(usize::MAX),
+        };
+        if received == 0 && retry.is_empty() {
             return;
         }
-        let closing = cmds.iter().any(|c| matches!(c, Cmd::Close));
+        let closing = received == 0 || cmds.iter().any(|c| matches!(c, Cmd::Close));
         let Some(a) = active.take() else { return };
-        let group = std::mem::take(&mut cmds);
+        let mut group = std::mem::take(&mut retry);
+        group.append(&mut cmds);
         let sh = shared.clone();
         let done = tokio::task::spawn_blocking(move || {
             let mut a = a;
-            let acks = write_group(&mut a, group, &sh, segment_bytes);
-            (a, acks)
+            let written = write_group(&mut a, group, &sh, segment_bytes);
+            (a, written)
         })
         .await;
         match done {
-            Ok((a, acks)) => {
+            Ok((a, (acks, failed))) => {
                 active = Some(a);
                 for (ack, result) in acks {
                     let _ = ack.send(result);
                 }
+                retry = keep_for_retry(failed, &shared);
             }
             Err(e) => {
                 tracing::error!(error = %e, "spool appender failed");
@@ -359,9 +384,52 @@ async fn append_loop(
         shared.publish();
         shared.wake.notify_one();
         if closing {
+            give_up(&retry, &shared, "the spool stopped");
             return;
         }
     }
+}
+
+/// Failed final updates to try again, the newest up to [`MAX_RETRY_BYTES`]; the rest given up.
+fn keep_for_retry(mut failed: Vec<Vec<u8>>, shared: &Shared) -> Vec<Cmd> {
+    let mut total = 0;
+    let keep_from = failed
+        .iter()
+        .rposition(|p| {
+            total += p.len();
+            total > MAX_RETRY_BYTES
+        })
+        .map_or(0, |i| i + 1);
+    let kept = failed.split_off(keep_from);
+    if !failed.is_empty() {
+        let dropped: Vec<Cmd> = failed
+            .into_iter()
+            .map(|p| Cmd::Append(p, true, None))
+            .collect();
+        give_up(
+            &dropped,
+            shared,
+            "too many final updates waiting to be written",
+        );
+    }
+    if !kept.is_empty() {
+        tracing::warn!(
+            records = kept.len(),
+            "spool journal write failed; final updates kept for another try"
+        );
+    }
+    kept.into_iter()
+        .map(|p| Cmd::Append(p, true, None))
+        .collect()
+}
+
+fn give_up(cmds: &[Cmd], shared: &Shared, why: &str) {
+    if cmds.is_empty() {
+        return;
+    }
+    let n = cmds.len() as u64;
+    shared.metrics.spool_failed.fetch_add(n, Ordering::Relaxed);
+    tracing::error!(records = n, why, "final updates not spooled");
 }
 
 type Ack = (
@@ -369,50 +437,86 @@ type Ack = (
     Result<(), SpoolError>,
 );
 
-/// Writes one group in order; seals where asked and when the segment is full.
+/// Records of the group not yet written: whole frames in `buf`, and who waits for each (the
+/// payloads of those nobody waits for are kept, to be tried again if the write fails).
+#[derive(Default)]
+struct Pending {
+    buf: Vec<u8>,
+    waiting: Vec<oneshot::Sender<Result<(), SpoolError>>>,
+    detached: Vec<Vec<u8>>,
+    records: u64,
+}
+
+impl Pending {
+    /// Writes and syncs what is pending: acknowledgements into `acks`, the payloads of failed
+    /// detached records into `failed`.
+    fn flush(
+        &mut self,
+        active: &mut Active,
+        shared: &Shared,
+        acks: &mut Vec<Ack>,
+        failed: &mut Vec<Vec<u8>>,
+    ) {
+        if self.records == 0 {
+            return;
+        }
+        let n = self.records;
+        let result = active
+            .append(&self.buf, n)
+            .map_err(|e| SpoolError::Io(e.to_string()));
+        match &result {
+            Ok(()) => {
+                shared
+                    .bytes
+                    .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
+                shared.records.fetch_add(n, Ordering::Relaxed);
+                shared.metrics.spooled.fetch_add(n, Ordering::Relaxed);
+                self.detached.clear();
+            }
+            Err(e) => {
+                let acked = self.waiting.len() as u64;
+                shared
+                    .metrics
+                    .spool_failed
+                    .fetch_add(acked, Ordering::Relaxed);
+                tracing::error!(error = %e, records = n, "spool journal write failed");
+                failed.append(&mut self.detached);
+            }
+        }
+        for w in self.waiting.drain(..) {
+            acks.push((w, clone_result(&result)));
+        }
+        self.buf.clear();
+        self.records = 0;
+    }
+}
+
+/// Writes one group in order; seals where asked and when the segment is full. Returns the
+/// acknowledgements, and the payloads of detached records whose write failed.
 fn write_group(
     active: &mut Active,
     group: Vec<Cmd>,
     shared: &Shared,
     segment_bytes: u64,
-) -> Vec<Ack> {
+) -> (Vec<Ack>, Vec<Vec<u8>>) {
     let mut acks: Vec<Ack> = Vec::new();
-    let mut buf = Vec::new();
-    let mut waiting: Vec<Option<oneshot::Sender<Result<(), SpoolError>>>> = Vec::new();
+    let mut failed = Vec::new();
+    let mut pending = Pending::default();
     let mut sealers = Vec::new();
-    let mut queued_bytes = 0u64;
-    let flush = |active: &mut Active,
-                 buf: &mut Vec<u8>,
-                 waiting: &mut Vec<Option<oneshot::Sender<Result<(), SpoolError>>>>,
-                 acks: &mut Vec<Ack>| {
-        if waiting.is_empty() {
-            return;
+    let seal = |active: &mut Active,
+                pending: &mut Pending,
+                acks: &mut Vec<Ack>,
+                failed: &mut Vec<Vec<u8>>| {
+        pending.flush(active, shared, acks, failed);
+        if let Some(seg) = active.seal() {
+            lock(&shared.sealed).push(seg);
         }
-        let n = waiting.len() as u64;
-        let result = active
-            .append(buf, n)
-            .map_err(|e| SpoolError::Io(e.to_string()));
-        match &result {
-            Ok(()) => {
-                shared.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
-                shared.records.fetch_add(n, Ordering::Relaxed);
-                shared.metrics.spooled.fetch_add(n, Ordering::Relaxed);
-            }
-            Err(e) => {
-                shared.metrics.spool_failed.fetch_add(n, Ordering::Relaxed);
-                tracing::error!(error = %e, records = n, "spool journal write failed");
-            }
-        }
-        for w in waiting.drain(..).flatten() {
-            acks.push((w, clone_result(&result)));
-        }
-        buf.clear();
     };
     for cmd in group {
         match cmd {
             Cmd::Append(payload, finish, ack) => {
                 let size = journal::frame_len(payload.len());
-                let used = shared.bytes.load(Ordering::Relaxed) + queued_bytes;
+                let used = shared.bytes.load(Ordering::Relaxed) + pending.buf.len() as u64;
                 let limit = match finish {
                     true => shared.max_bytes,
                     false => shared.pending_limit,
@@ -428,33 +532,28 @@ fn write_group(
                     }
                     continue;
                 }
-                journal::encode(&payload, &mut buf);
-                queued_bytes += size;
-                waiting.push(ack);
+                journal::encode(&payload, &mut pending.buf);
+                pending.records += 1;
+                match ack {
+                    Some(ack) => pending.waiting.push(ack),
+                    None => pending.detached.push(payload),
+                }
             }
             Cmd::Seal(ack) => {
-                flush(active, &mut buf, &mut waiting, &mut acks);
-                queued_bytes = 0;
-                if let Some(seg) = active.seal() {
-                    lock(&shared.sealed).push(seg);
-                }
+                seal(active, &mut pending, &mut acks, &mut failed);
                 sealers.push(ack);
             }
             Cmd::Close => {}
         }
-        if active.bytes + queued_bytes >= segment_bytes {
-            flush(active, &mut buf, &mut waiting, &mut acks);
-            queued_bytes = 0;
-            if let Some(seg) = active.seal() {
-                lock(&shared.sealed).push(seg);
-            }
+        if active.bytes + pending.buf.len() as u64 >= segment_bytes {
+            seal(active, &mut pending, &mut acks, &mut failed);
         }
     }
-    flush(active, &mut buf, &mut waiting, &mut acks);
+    pending.flush(active, shared, &mut acks, &mut failed);
     for s in sealers {
         let _ = s.send(());
     }
-    acks
+    (acks, failed)
 }
 
 fn clone_result(r: &Result<(), SpoolError>) -> Result<(), SpoolError> {
@@ -677,6 +776,43 @@ mod tests {
             .expect("a final update uses the reserve");
         assert_eq!(spool.records(), 3);
         assert_eq!(metrics.spool_full.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn final_updates_whose_write_failed_are_written_once_the_disk_takes_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = config(dir.path(), 1 << 20);
+        let metrics = Arc::new(Metrics::default());
+        let (spool, appender, _) =
+            Spool::open(&cfg, Uuid::now_v7(), metrics.clone()).expect("open");
+        // The first segment cannot be created: a directory stands where it would go.
+        let blocker = journal::segment_path(dir.path(), 1);
+        fs::create_dir(&blocker).expect("mkdir");
+        let e = spool
+            .append(&start(10))
+            .await
+            .expect_err("a pending row is refused at once");
+        assert!(matches!(e, SpoolError::Io(_)), "{e}");
+        spool.append_detached(&finish(Uuid::now_v7()));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(spool.records(), 0);
+        // The disk takes writes again: the final update is written by the next try.
+        fs::remove_dir(&blocker).expect("rmdir");
+        for _ in 0..100 {
+            if spool.records() == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(spool.records(), 1, "the kept final update was not written");
+        assert_eq!(
+            metrics.spool_failed.load(Ordering::Relaxed),
+            1,
+            "only the pending row failed"
+        );
+        assert!(appender.close(std::time::Duration::from_secs(5)).await);
+        let (_, _, opened) = open(&cfg, Uuid::now_v7());
+        assert_eq!(opened.records, 1);
     }
 
     #[tokio::test]

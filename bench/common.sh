@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Helpers shared by the bench/ scripts; sourced, not run. Callers set BENCH_NAME (message
-# prefix), BENCH_DATABASE_URL (admin URL) and BENCH_DB (their own database) first.
+# prefix), BENCH_DATABASE_URL (admin URL), BENCH_DB (their own database) and, for the port
+# helpers, HOST first.
 
 log() { printf '==> %s\n' "$*" >&2; }
 
@@ -44,3 +45,52 @@ find_pg_tool() {
     fi
     die "$tool not found (install postgresql-client)"
 }
+
+# Dies unless BENCH_DATABASE_URL points at this machine: the proxy writes rows per request, and
+# none of that traffic may leave loopback.
+require_loopback_database_url() {
+    local hostpart=${BENCH_DATABASE_URL#*://}
+    hostpart=${hostpart%%/*}
+    hostpart=${hostpart##*@}
+    case $hostpart in
+    127.* | localhost | localhost:* | "[::1]" | "[::1]:"* | "") ;;
+    *) die "BENCH_DATABASE_URL must point at 127.0.0.1/localhost (got host '$hostpart')" ;;
+    esac
+}
+
+# Poll until something accepts TCP connections on $HOST:$1, or fail once $3 seconds have passed
+# or the process $2 ($4, logging to $5) has died.
+wait_for_port() {
+    local port=$1 pid=$2 timeout=$3 name=$4 logfile=$5
+    local deadline=$((SECONDS + timeout))
+    while ! (exec 3<>"/dev/tcp/$HOST/$port") 2>/dev/null; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail -n 30 "$logfile" >&2 || true
+            die "$name exited before listening on $HOST:$port (log: $logfile)"
+        fi
+        ((SECONDS < deadline)) || die "$name not listening on $HOST:$port after ${timeout}s (log: $logfile)"
+        sleep 0.1
+    done
+    # Something answered; make sure it is our process and not a leftover.
+    kill -0 "$pid" 2>/dev/null || die "$name exited, but $HOST:$port answers: another process holds the port"
+}
+
+# Refuse to start when port $1 is already taken ($2: what to do about it): wait_for_port would
+# otherwise happily benchmark whatever else is listening there.
+ensure_port_free() {
+    if (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; then
+        die "$HOST:$1 is already in use; $2"
+    fi
+}
+
+# wrk prints latencies as e.g. 512.00us, 1.23ms, 1.02s; return milliseconds.
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+        if (u == "us") n /= 1000; else if (u == "s") n *= 1000;
+        else if (u == "m") n *= 60000; else if (u != "ms") { print "n/a"; exit }
+        printf "%.3f\n", n }'
+}
+
+# Number of requests wrk completed, from "N requests in 10.00s, ..." in file $1.
+wrk_requests() { awk '/ requests in / { print $1 }' "$1"; }

@@ -63,13 +63,7 @@ validate_settings() {
     int_at_least SMALL_ROWS 0
     int_at_least KEEP_ROWS 0
     int_at_least BATCH_SIZE 1
-    local hostpart=${BENCH_DATABASE_URL#*://}
-    hostpart=${hostpart%%/*}
-    hostpart=${hostpart##*@}
-    case $hostpart in
-    127.* | localhost | localhost:* | "[::1]" | "[::1]:"* | "") ;;
-    *) die "BENCH_DATABASE_URL must point at 127.0.0.1/localhost (got host '$hostpart')" ;;
-    esac
+    require_loopback_database_url
 }
 
 

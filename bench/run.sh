@@ -112,51 +112,9 @@ validate_settings() {
         [[ -x $BASELINE_BIN ]] || die "BASELINE_BIN '$BASELINE_BIN' is not an executable"
         has_target trace-proxy || die "BASELINE_BIN needs the trace-proxy target (it migrates the database)"
     fi
-    # The database must be on this machine as well: the proxy writes one row
-    # per request, and none of that traffic may leave loopback.
-    local hostpart=${BENCH_DATABASE_URL#*://}
-    hostpart=${hostpart%%/*}
-    hostpart=${hostpart##*@}
-    case $hostpart in
-    127.* | localhost | localhost:* | "[::1]" | "[::1]:"* | "") ;;
-    *) die "BENCH_DATABASE_URL must point at 127.0.0.1/localhost (got host '$hostpart')" ;;
-    esac
+    require_loopback_database_url
 }
 
-
-# Poll until something accepts TCP connections on 127.0.0.1:$1, or fail
-# once $3 seconds have passed or the process $2 has died.
-wait_for_port() {
-    local port=$1 pid=$2 timeout=$3 name=$4 logfile=$5
-    local deadline=$((SECONDS + timeout))
-    while ! (exec 3<>"/dev/tcp/$HOST/$port") 2>/dev/null; do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            tail -n 30 "$logfile" >&2 || true
-            die "$name exited before listening on $HOST:$port (log: $logfile)"
-        fi
-        ((SECONDS < deadline)) || die "$name not listening on $HOST:$port after ${timeout}s (log: $logfile)"
-        sleep 0.1
-    done
-    # Something answered; make sure it is our process and not a leftover.
-    kill -0 "$pid" 2>/dev/null || die "$name exited, but $HOST:$port answers: another process holds the port"
-}
-
-# Refuse to start when a port is already taken: wait_for_port would
-# otherwise happily benchmark whatever else is listening there.
-ensure_port_free() {
-    if (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; then
-        die "$HOST:$1 is already in use; set BENCH_PORT_BASE to a free range"
-    fi
-}
-
-# wrk prints latencies as e.g. 512.00us, 1.23ms, 1.02s; return milliseconds.
-to_ms() {
-    awk -v v="$1" 'BEGIN {
-        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
-        if (u == "us") n /= 1000; else if (u == "s") n *= 1000;
-        else if (u == "m") n *= 60000; else if (u != "ms") { print "n/a"; exit }
-        printf "%.3f\n", n }'
-}
 
 # ---------------------------------------------------------------- setup
 
@@ -229,7 +187,7 @@ prepare_database() {
 }
 
 start_upstream() {
-    ensure_port_free "$UPSTREAM_PORT"
+    ensure_port_free "$UPSTREAM_PORT" "set BENCH_PORT_BASE to a free range"
     "$TARGET_DIR/release/examples/bench_upstream" "$HOST:$UPSTREAM_PORT" >"$TMP/upstream.log" 2>&1 &
     UPSTREAM_PID=$!
     wait_for_port "$UPSTREAM_PORT" "$UPSTREAM_PID" 10 bench_upstream "$TMP/upstream.log"
@@ -239,7 +197,7 @@ start_upstream() {
 # $TMP, in the foreground (daemon off) so $! is its master process. A system
 # nginx, if any, is left alone.
 start_nginx() {
-    ensure_port_free "$NGINX_PORT"
+    ensure_port_free "$NGINX_PORT" "set BENCH_PORT_BASE to a free range"
     mkdir -p "$TMP/nginx"
     cat >"$TMP/nginx/nginx.conf" <<EOF
 worker_processes $NGINX_WORKERS;
@@ -277,7 +235,7 @@ EOF
 # its PID is left in STARTED_PID.
 start_one_proxy() {
     local bin=$1 name=$2 port=$3
-    ensure_port_free "$port"
+    ensure_port_free "$port" "set BENCH_PORT_BASE to a free range"
     cat >"$TMP/$name.toml" <<EOF
 [server]
 listen = "$HOST:$port"
@@ -339,7 +297,6 @@ target_port() {
 }
 
 # Number of requests wrk completed, from "N requests in 10.00s, ...".
-wrk_requests() { awk '/ requests in / { print $1 }' "$1"; }
 
 # CPU time (user + system, in clock ticks) a process has used so far.
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }

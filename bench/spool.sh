@@ -57,6 +57,8 @@ BENCH_KEEP_DB=${BENCH_KEEP_DB:-0}
 
 BENCH_DB=trace_proxy_bench_spool
 HOST=127.0.0.1
+# What to do when a port picked as free is taken when it is used.
+PICKED_FREE="it was picked as free a moment ago; run again"
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 # Results, keyed by run ("db", "spool").
@@ -113,13 +115,7 @@ validate_settings() {
     int_at_least DURATION 1
     int_at_least WARMUP 1
     int_at_least DRAIN_TIMEOUT 1
-    local hostpart=${BENCH_DATABASE_URL#*://}
-    hostpart=${hostpart%%/*}
-    hostpart=${hostpart##*@}
-    case $hostpart in
-    127.* | localhost | localhost:* | "[::1]" | "[::1]:"* | "") ;;
-    *) die "BENCH_DATABASE_URL must point at 127.0.0.1/localhost (got host '$hostpart')" ;;
-    esac
+    require_loopback_database_url
 }
 
 # $1 distinct free loopback ports, space-separated: all bound at once (so they differ), then
@@ -136,39 +132,6 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 }
 
-ensure_port_free() {
-    if (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; then
-        die "$HOST:$1 is already in use (picked as free a moment ago); run again"
-    fi
-}
-
-# Poll until something accepts TCP connections on 127.0.0.1:$1, or fail once $3 seconds have
-# passed or the process $2 has died.
-wait_for_port() {
-    local port=$1 pid=$2 timeout=$3 name=$4 logfile=$5
-    local deadline=$((SECONDS + timeout))
-    while ! (exec 3<>"/dev/tcp/$HOST/$port") 2>/dev/null; do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            tail -n 30 "$logfile" >&2 || true
-            die "$name exited before listening on $HOST:$port (log: $logfile)"
-        fi
-        ((SECONDS < deadline)) || die "$name not listening on $HOST:$port after ${timeout}s (log: $logfile)"
-        sleep 0.1
-    done
-    kill -0 "$pid" 2>/dev/null || die "$name exited, but $HOST:$port answers: another process holds the port"
-}
-
-# wrk prints latencies as e.g. 512.00us, 1.23ms, 1.02s; return milliseconds.
-to_ms() {
-    awk -v v="$1" 'BEGIN {
-        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
-        if (u == "us") n /= 1000; else if (u == "s") n *= 1000;
-        else if (u == "m") n *= 60000; else if (u != "ms") { print "n/a"; exit }
-        printf "%.3f\n", n }'
-}
-
-# Number of requests wrk completed, from "N requests in 10.00s, ...".
-wrk_requests() { awk '/ requests in / { print $1 }' "$1"; }
 
 psql_bench() { "$PSQL" -X -A -t -q -v ON_ERROR_STOP=1 "$PROXY_DB_URL" "$@"; }
 
@@ -240,7 +203,7 @@ prepare_database() {
 }
 
 start_upstream() {
-    ensure_port_free "$UPSTREAM_PORT"
+    ensure_port_free "$UPSTREAM_PORT" "$PICKED_FREE"
     "$TARGET_DIR/release/examples/bench_upstream" "$HOST:$UPSTREAM_PORT" >"$TMP/upstream.log" 2>&1 &
     UPSTREAM_PID=$!
     wait_for_port "$UPSTREAM_PORT" "$UPSTREAM_PID" 10 bench_upstream "$TMP/upstream.log"
@@ -357,8 +320,8 @@ settle_metrics() {
 run_db() {
     local name=db
     write_config "$name" "$DB_PROXY_PORT" "$DB_ADMIN_PORT" "$PROXY_DB_URL" "$TMP/spool-db" bench-db
-    ensure_port_free "$DB_PROXY_PORT"
-    ensure_port_free "$DB_ADMIN_PORT"
+    ensure_port_free "$DB_PROXY_PORT" "$PICKED_FREE"
+    ensure_port_free "$DB_ADMIN_PORT" "$PICKED_FREE"
     launch_proxy "$name" warn
     # Longer deadline: the proxy runs its migrations before it listens.
     wait_for_port "$DB_PROXY_PORT" "$PROXY_PID" 30 "$name proxy" "$TMP/$name.log"
@@ -376,9 +339,9 @@ run_spool() {
     local name=spool
     local dead_url="postgres://postgres@$HOST:$DEAD_DB_PORT/$BENCH_DB"
     write_config "$name" "$SPOOL_PROXY_PORT" "$SPOOL_ADMIN_PORT" "$dead_url" "$SPOOL_DIR" bench-spool
-    ensure_port_free "$DEAD_DB_PORT"
-    ensure_port_free "$SPOOL_PROXY_PORT"
-    ensure_port_free "$SPOOL_ADMIN_PORT"
+    ensure_port_free "$DEAD_DB_PORT" "$PICKED_FREE"
+    ensure_port_free "$SPOOL_PROXY_PORT" "$PICKED_FREE"
+    ensure_port_free "$SPOOL_ADMIN_PORT" "$PICKED_FREE"
     launch_proxy "$name" warn
     wait_for_port "$SPOOL_PROXY_PORT" "$PROXY_PID" 30 "$name proxy" "$TMP/$name.log"
     load "$name" "$SPOOL_PROXY_PORT"
@@ -400,8 +363,8 @@ run_spool() {
 run_drain() {
     local name=drain m="$TMP/metrics-drain.txt"
     write_config "$name" "$DRAIN_PROXY_PORT" "$DRAIN_ADMIN_PORT" "$PROXY_DB_URL" "$SPOOL_DIR" bench-spool
-    ensure_port_free "$DRAIN_PROXY_PORT"
-    ensure_port_free "$DRAIN_ADMIN_PORT"
+    ensure_port_free "$DRAIN_PROXY_PORT" "$PICKED_FREE"
+    ensure_port_free "$DRAIN_ADMIN_PORT" "$PICKED_FREE"
     log "drain: new proxy on the same spool dir ($J_RECORDS records) with the real database"
     local started=$EPOCHREALTIME finished="" records replayed counts total nonfinal
     FIRST_SAMPLE=""

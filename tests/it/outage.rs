@@ -168,6 +168,23 @@ async fn proxy_on(cluster: &TestCluster) -> Proxy {
     proxy
 }
 
+/// A proxy whose database URL points where nothing listens, spooling into `dir` (with
+/// `spool_extra` in `[spool]`), to the upstream `up`.
+async fn proxy_without_database(
+    up: std::net::SocketAddr,
+    dir: &std::path::Path,
+    spool_extra: &str,
+) -> Proxy {
+    let dead = closed_port().await;
+    Proxy::start(&config_toml(
+        &format!("postgres://postgres@{dead}/postgres"),
+        &format!("http://{up}"),
+        "insert_timeout_ms = 500",
+        &format!("[spool]\ndir = \"{}\"\n{spool_extra}", dir.display()),
+    ))
+    .await
+}
+
 async fn blocking(f: impl FnOnce() + Send + 'static) {
     tokio::task::spawn_blocking(f).await.expect("blocking task");
 }
@@ -285,21 +302,12 @@ fn nearly_full_journal(dir: &std::path::Path, max_bytes: usize) {
 
 #[tokio::test]
 async fn a_full_journal_rejects_or_forwards_as_configured() {
-    let dead = closed_port().await;
     for (policy, want_status, want_seen) in [("reject", 503, 0), ("forward", 200, 1)] {
         let (up, log) = recording_upstream(|| Response::new(full("{\"ok\":true}"))).await;
         let dir = tempfile::tempdir().expect("tempdir");
         nearly_full_journal(dir.path(), 1024 * 1024);
-        let proxy = Proxy::start(&config_toml(
-            &format!("postgres://postgres@{dead}/postgres"),
-            &format!("http://{up}"),
-            "insert_timeout_ms = 500",
-            &format!(
-                "[spool]\ndir = \"{}\"\nmax_bytes = 1048576\nspool_full = \"{policy}\"\n",
-                dir.path().display()
-            ),
-        ))
-        .await;
+        let spool = format!("max_bytes = 1048576\nspool_full = \"{policy}\"\n");
+        let proxy = proxy_without_database(up, dir.path(), &spool).await;
         let trace = new_trace_id();
         let (parts, body) = send(post(&proxy.url("/webhook/w"), &trace, "{\"a\":1}")).await;
         assert_eq!(parts.status.as_u16(), want_status, "{policy}: {body:?}");
@@ -325,14 +333,7 @@ async fn a_torn_journal_tail_is_cut_and_the_rest_replayed_into_the_database() {
     let dir = tempfile::tempdir().expect("tempdir");
     let spool = format!("[spool]\ndir = \"{}\"\n", dir.path().display());
     let up = upstream(echo_upstream()).await;
-    let dead = closed_port().await;
-    let proxy = Proxy::start(&config_toml(
-        &format!("postgres://postgres@{dead}/postgres"),
-        &format!("http://{up}"),
-        "insert_timeout_ms = 500",
-        &spool,
-    ))
-    .await;
+    let proxy = proxy_without_database(up, dir.path(), "").await;
     let traces: Vec<String> = (0..3).map(|_| new_trace_id()).collect();
     for t in &traces {
         let (parts, _) = send(post(&proxy.url("/webhook/w"), t, "{\"a\":1}")).await;
@@ -473,14 +474,7 @@ async fn clients_gone_while_their_pending_row_is_synced_still_get_a_final_record
     use trace_proxy::spool::{journal, Record};
     let dir = tempfile::tempdir().expect("tempdir");
     let up = upstream(echo_upstream()).await;
-    let dead = closed_port().await;
-    let proxy = Proxy::start(&config_toml(
-        &format!("postgres://postgres@{dead}/postgres"),
-        &format!("http://{up}"),
-        "insert_timeout_ms = 500",
-        &format!("[spool]\ndir = \"{}\"\n", dir.path().display()),
-    ))
-    .await;
+    let proxy = proxy_without_database(up, dir.path(), "").await;
     // Clients that send a request and hang up at once, many at a time: some leave while their
     // pending row is being synced.
     let mut tasks = Vec::new();

@@ -261,14 +261,8 @@ async fn a_proxy_killed_with_sigkill_mid_request_is_resolved_when_restarted_on_i
     .await;
     let site = Site::new().await;
     // Staleness far beyond the test: only the same-spool-directory path can resolve the row.
-    let toml = config_toml(
-        &db.url(),
-        &format!("http://{up}"),
-        "",
-        &site.tables("", "[recovery]\nstale_after_secs = 600\n"),
-    );
-    let mut first = RunningBinary::start(&site, &toml).await;
-    wait_for_migrations(&db).await;
+    let tables = site.tables("", "[recovery]\nstale_after_secs = 600\n");
+    let (mut first, toml) = recording(&site, &db, up, &tables).await;
 
     let trace = new_trace_id();
     let held = tokio::spawn(fetch(get(&first.url("/hold"), &trace)));
@@ -345,14 +339,8 @@ async fn sigterm_during_a_slow_request_lets_it_finish_records_it_and_exits_0() {
     })
     .await;
     let site = Site::new().await;
-    let toml = config_toml(
-        &db.url(),
-        &format!("http://{up}"),
-        "",
-        &site.tables("shutdown_timeout_ms = 10000", ""),
-    );
-    let mut proxy = RunningBinary::start(&site, &toml).await;
-    wait_for_migrations(&db).await;
+    let tables = site.tables("shutdown_timeout_ms = 10000", "");
+    let (mut proxy, _) = recording(&site, &db, up, &tables).await;
 
     let trace = new_trace_id();
     let request = tokio::spawn(fetch(post(
@@ -455,6 +443,20 @@ async fn records_spooled_while_the_database_was_down_are_replayed_by_the_next_pr
     second.sigterm();
     let exit = second.wait_exit(Duration::from_secs(15)).await;
     assert_eq!(exit.code(), Some(0), "{exit}");
+}
+
+/// The binary recording into `db`, to the upstream `up`, with the site's `tables`, once its
+/// migrations are applied; and its config.
+async fn recording<'a>(
+    site: &'a Site,
+    db: &TestDb,
+    up: SocketAddr,
+    tables: &str,
+) -> (RunningBinary<'a>, String) {
+    let toml = config_toml(&db.url(), &format!("http://{up}"), "", tables);
+    let running = RunningBinary::start(site, &toml).await;
+    wait_for_migrations(db).await;
+    (running, toml)
 }
 
 /// A config whose database URL points where nothing listens, with short database deadlines.

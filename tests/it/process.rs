@@ -562,3 +562,94 @@ async fn spool_status_and_replay_drain_a_journal_whose_proxy_will_not_run_again(
         text(&out.stdout)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_killed_with_sigkill_while_spooling_loses_nothing_it_answered() {
+    let db = TestDb::new().await;
+    let up = upstream(|_req| async { Response::new(full("spooled")) }).await;
+    let upstream_url = format!("http://{up}");
+    let site = Site::new().await;
+    let tables = site.tables("", "[recovery]\nstale_after_secs = 600\n");
+    let mut first =
+        RunningBinary::start(&site, &without_database(&upstream_url, &tables).await).await;
+
+    // Steady load while the database is unreachable, then SIGKILL in the middle of it.
+    let answered = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (url, answered) = (first.url("/webhook/w"), answered.clone());
+        clients.push(tokio::spawn(async move {
+            loop {
+                let trace = new_trace_id();
+                match fetch(post(&url, &trace, "{}")).await {
+                    Ok((status, body)) => {
+                        assert_eq!((status.as_u16(), body.as_ref()), (200, &b"spooled"[..]));
+                        answered.lock().expect("lock").push(trace);
+                    }
+                    // The proxy is gone.
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let killed = first.sigkill().await;
+    assert_eq!(killed.signal(), Some(9), "{killed}");
+    for c in clients {
+        c.await.expect("client");
+    }
+    let answered = std::mem::take(&mut *answered.lock().expect("lock"));
+    assert!(
+        answered.len() > 50,
+        "only {} requests answered",
+        answered.len()
+    );
+
+    // The next process, on the same journal, with the database.
+    let up_config = config_toml(&db.url(), &upstream_url, "", &tables);
+    let mut second = RunningBinary::start(&site, &up_config).await;
+    wait_for_migrations(&db).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (rows, distinct, success, unknown, open) = loop {
+        let r = db
+            .client
+            .query_one(
+                "SELECT count(*), count(DISTINCT trace_id),
+                        count(*) FILTER (WHERE overall_status = 'success'),
+                        count(*) FILTER (WHERE error_code = 'OUTCOME_UNKNOWN'),
+                        (SELECT count(*) FROM communication_traces
+                         WHERE overall_status IN ('pending', 'in_progress'))
+                 FROM communication_traces WHERE trace_id = ANY($1)",
+                &[&answered],
+            )
+            .await
+            .expect("count");
+        let c: (i64, i64, i64, i64, i64) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        if (c.0 == answered.len() as i64 && c.4 == 0) || Instant::now() > deadline {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!(
+        "{} answered before SIGKILL: {rows} rows, {success} success, {unknown} OUTCOME_UNKNOWN",
+        answered.len()
+    );
+    // Every answered request has exactly one row, and no row anywhere is left open.
+    assert_eq!(
+        (rows, distinct),
+        (answered.len() as i64, answered.len() as i64)
+    );
+    assert_eq!(open, 0, "rows left pending/in_progress");
+    // Only a final update still in the journal's unsynced group at the kill can be missing;
+    // its row is resolved as OUTCOME_UNKNOWN, never left pending.
+    assert_eq!(success + unknown, rows);
+    assert!(
+        unknown <= 8,
+        "{unknown} answered requests lost their outcome"
+    );
+    second.sigterm();
+    assert_eq!(
+        second.wait_exit(Duration::from_secs(15)).await.code(),
+        Some(0)
+    );
+}

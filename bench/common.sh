@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Helpers shared by the bench/ scripts; sourced, not run. Callers set BENCH_NAME (message
 # prefix), BENCH_DATABASE_URL (admin URL), BENCH_DB (their own database) and, for the port
-# helpers, HOST first.
+# helpers, HOST first; REPO and TMP where a helper uses them.
 
 log() { printf '==> %s\n' "$*" >&2; }
 
@@ -94,3 +94,43 @@ to_ms() {
 
 # Number of requests wrk completed, from "N requests in 10.00s, ..." in file $1.
 wrk_requests() { awk '/ requests in / { print $1 }' "$1"; }
+
+# The crate's cargo target directory (CARGO_TARGET_DIR and config respected), for $REPO.
+cargo_target_dir() {
+    local dir
+    dir=$(cd "$REPO" && cargo metadata --format-version 1 --no-deps |
+        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+    echo "${dir:-${CARGO_TARGET_DIR:-$REPO/target}}"
+}
+
+# Installs Debian packages $@ (root only); apt's output goes to $TMP/apt.log, shown on failure.
+apt_install() {
+    ((EUID == 0)) || die "missing $*; run as root or install them (apt-get install $*)"
+    log "installing $* from Debian"
+    {
+        apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"
+    } >"$TMP/apt.log" 2>&1 || {
+        tail -n 20 "$TMP/apt.log" >&2
+        die "apt-get failed installing $* (log: $TMP/apt.log)"
+    }
+}
+
+# Starts the stand-in upstream (examples/bench_upstream, built under $TARGET_DIR) on
+# $HOST:$UPSTREAM_PORT, leaving its PID in UPSTREAM_PID; $1: what to do if the port is taken.
+start_upstream() {
+    ensure_port_free "$UPSTREAM_PORT" "$1"
+    "$TARGET_DIR/release/examples/bench_upstream" "$HOST:$UPSTREAM_PORT" >"$TMP/upstream.log" 2>&1 &
+    UPSTREAM_PID=$!
+    wait_for_port "$UPSTREAM_PORT" "$UPSTREAM_PID" 10 bench_upstream "$TMP/upstream.log"
+}
+
+# The wrk script of every load run: POST of a small n8n-trigger-like JSON body.
+write_wrk_script() {
+    cat >"$TMP/post.lua" <<'EOF'
+wrk.method = "POST"
+wrk.body = '{"workflow":"bench","n":1}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-Workflow-Id"] = "bench"
+wrk.headers["X-User-Id"] = "bench-user"
+EOF
+}

@@ -74,8 +74,9 @@ PSQL=(psql -X -q -v ON_ERROR_STOP=1)
 
 log "building (release)"
 (cd "$REPO" && cargo build --release --quiet --bin trace-proxy --example query_load)
-BIN=$REPO/target/release/trace-proxy
-LOAD=$REPO/target/release/examples/query_load
+TARGET_DIR=$(cargo_target_dir)
+BIN=$TARGET_DIR/release/trace-proxy
+LOAD=$TARGET_DIR/release/examples/query_load
 
 log "re-creating database $BENCH_DB"
 "${PSQL[@]}" "$BENCH_DATABASE_URL" -c "DROP DATABASE IF EXISTS $BENCH_DB" -c "CREATE DATABASE $BENCH_DB"

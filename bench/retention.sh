@@ -68,24 +68,13 @@ validate_settings() {
 
 
 install_time() {
-    [[ -x /usr/bin/time ]] && return
-    ((EUID == 0)) || die "/usr/bin/time missing; run as root or: apt-get install time"
-    log "installing GNU time from Debian"
-    {
-        apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends time
-    } >"$TMP/apt.log" 2>&1 || {
-        tail -n 20 "$TMP/apt.log" >&2
-        die "apt-get install time failed"
-    }
+    [[ -x /usr/bin/time ]] || apt_install time
 }
 
 build() {
     log "cargo build --release --bin trace-proxy"
     (cd "$REPO" && cargo build --release --bin trace-proxy) || die "cargo build failed"
-    local target
-    target=$(cd "$REPO" && cargo metadata --format-version 1 --no-deps |
-        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-    BIN=${target:-$REPO/target}/release/trace-proxy
+    BIN=$(cargo_target_dir)/release/trace-proxy
     [[ -x $BIN ]] || die "no binary at $BIN"
 }
 

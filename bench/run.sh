@@ -67,7 +67,6 @@ TMP=""
 
 # ---------------------------------------------------------------- helpers
 
-
 has_target() { [[ " $BENCH_TARGETS " == *" $1 "* ]]; }
 
 cleanup() {
@@ -94,7 +93,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-
 validate_settings() {
     local t
     for t in $BENCH_TARGETS; do
@@ -115,7 +113,6 @@ validate_settings() {
     require_loopback_database_url
 }
 
-
 # ---------------------------------------------------------------- setup
 
 install_tools() {
@@ -123,21 +120,11 @@ install_tools() {
     command -v wrk >/dev/null || missing+=(wrk)
     if has_target nginx; then command -v nginx >/dev/null || missing+=(nginx); fi
     ((${#missing[@]} == 0)) && return
-    ((EUID == 0)) || die "missing ${missing[*]}; run as root or install them (apt-get install wrk nginx)"
-    log "installing ${missing[*]} from Debian"
     # Remember whether a system nginx was already running, so we only stop
     # one that the package's postinst started just now.
     local had_nginx=0
     [[ -s /run/nginx.pid ]] && kill -0 "$(cat /run/nginx.pid)" 2>/dev/null && had_nginx=1
-    # apt's output (and debconf's chatter) goes to a log shown on failure.
-    local apt_log="$TMP/apt.log"
-    if ! {
-        apt-get update &&
-            DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
-    } >"$apt_log" 2>&1; then
-        tail -n 20 "$apt_log" >&2
-        die "apt-get failed installing ${missing[*]} (log: $apt_log)"
-    fi
+    apt_install "${missing[@]}"
     if ((had_nginx == 0)) && [[ -s /run/nginx.pid ]]; then
         local pid
         pid=$(cat /run/nginx.pid)
@@ -148,11 +135,8 @@ install_tools() {
     fi
 }
 
-
 build() {
-    TARGET_DIR=$(cd "$REPO" && cargo metadata --format-version 1 --no-deps |
-        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-    [[ -n $TARGET_DIR ]] || TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+    TARGET_DIR=$(cargo_target_dir)
 
     local args=(--example bench_upstream)
     # Only build the proxy when we are going to load it, so the other
@@ -184,13 +168,6 @@ prepare_database() {
         -c "CREATE DATABASE $BENCH_DB" >/dev/null
     # Table for the one-commit measurement; the proxy creates its own tables.
     "$PSQL" -X -q -v ON_ERROR_STOP=1 "$PROXY_DB_URL" -c "CREATE TABLE bench_commit(v int)" >/dev/null
-}
-
-start_upstream() {
-    ensure_port_free "$UPSTREAM_PORT" "set BENCH_PORT_BASE to a free range"
-    "$TARGET_DIR/release/examples/bench_upstream" "$HOST:$UPSTREAM_PORT" >"$TMP/upstream.log" 2>&1 &
-    UPSTREAM_PID=$!
-    wait_for_port "$UPSTREAM_PORT" "$UPSTREAM_PID" 10 bench_upstream "$TMP/upstream.log"
 }
 
 # Our own nginx with its own config, pid file, logs and temp paths under
@@ -273,16 +250,6 @@ start_proxy() {
         start_one_proxy "$BASELINE_BIN" baseline "$BASELINE_PORT"
         BASELINE_PID=$STARTED_PID
     fi
-}
-
-write_wrk_script() {
-    cat >"$TMP/post.lua" <<'EOF'
-wrk.method = "POST"
-wrk.body = '{"workflow":"bench","n":1}'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["X-Workflow-Id"] = "bench"
-wrk.headers["X-User-Id"] = "bench-user"
-EOF
 }
 
 # ---------------------------------------------------------------- measuring
@@ -488,7 +455,7 @@ main() {
     echo "runs: warm-up ${WARMUP}s + ${DURATION}s each; throughput -t2 -c$CONNS, single -t1 -c1; POST $BENCH_PATH"
     has_target nginx && echo "nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //'), NGINX_WORKERS=$NGINX_WORKERS"
 
-    start_upstream
+    start_upstream "set BENCH_PORT_BASE to a free range"
     has_target nginx && start_nginx
     has_target trace-proxy && start_proxy
 

@@ -132,7 +132,6 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 }
 
-
 psql_bench() { "$PSQL" -X -A -t -q -v ON_ERROR_STOP=1 "$PROXY_DB_URL" "$@"; }
 
 # /metrics of the admin listener on port $1 into file $2; fails when it does not answer.
@@ -172,24 +171,13 @@ EOF
 # ---------------------------------------------------------------- setup
 
 install_tools() {
-    command -v wrk >/dev/null && return
-    ((EUID == 0)) || die "wrk missing; run as root or install it (apt-get install wrk)"
-    log "installing wrk from Debian"
-    {
-        apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wrk
-    } >"$TMP/apt.log" 2>&1 || {
-        tail -n 20 "$TMP/apt.log" >&2
-        die "apt-get install wrk failed (log: $TMP/apt.log)"
-    }
+    command -v wrk >/dev/null || apt_install wrk
 }
 
 build() {
     log "cargo build --release --bin trace-proxy --example bench_upstream"
     (cd "$REPO" && cargo build --release --bin trace-proxy --example bench_upstream) || die "cargo build failed"
-    local target
-    target=$(cd "$REPO" && cargo metadata --format-version 1 --no-deps |
-        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-    TARGET_DIR=${target:-${CARGO_TARGET_DIR:-$REPO/target}}
+    TARGET_DIR=$(cargo_target_dir)
     BIN=$TARGET_DIR/release/trace-proxy
     [[ -x $BIN ]] || die "no binary at $BIN"
 }
@@ -200,23 +188,6 @@ prepare_database() {
         -c "SET client_min_messages = warning" \
         -c "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)" \
         -c "CREATE DATABASE $BENCH_DB" >/dev/null
-}
-
-start_upstream() {
-    ensure_port_free "$UPSTREAM_PORT" "$PICKED_FREE"
-    "$TARGET_DIR/release/examples/bench_upstream" "$HOST:$UPSTREAM_PORT" >"$TMP/upstream.log" 2>&1 &
-    UPSTREAM_PID=$!
-    wait_for_port "$UPSTREAM_PORT" "$UPSTREAM_PID" 10 bench_upstream "$TMP/upstream.log"
-}
-
-write_wrk_script() {
-    cat >"$TMP/post.lua" <<'EOF'
-wrk.method = "POST"
-wrk.body = '{"workflow":"bench","n":1}'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["X-Workflow-Id"] = "bench"
-wrk.headers["X-User-Id"] = "bench-user"
-EOF
 }
 
 # Config $TMP/$1.toml: proxy on port $2, admin (/metrics) on $3, database URL $4, spool dir
@@ -474,7 +445,7 @@ main() {
         DRAIN_PROXY_PORT DRAIN_ADMIN_PORT <<<"$(free_ports 8)"
     SPOOL_DIR=$TMP/spool-spool
 
-    start_upstream
+    start_upstream "$PICKED_FREE"
     run_db
     run_spool
     run_drain

@@ -332,13 +332,22 @@ fn escape_label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// One unlabelled sample with its HELP and TYPE lines.
+fn scalar(out: &mut String, name: &str, kind: &str, value: &AtomicU64, help: &str) {
+    use std::fmt::Write;
+    let v = value.load(Ordering::Relaxed);
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+    );
+}
+
 /// Content type of [`Metrics::render`]'s output.
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 impl Metrics {
     /// Everything, in the Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
-        use std::fmt::Write;
         let mut out = String::with_capacity(8192);
         let counters: [(&str, &AtomicU64, &str); 18] = [
             ("requests", &self.requests, "Requests that reached a route."),
@@ -429,10 +438,13 @@ impl Metrics {
             ),
         ];
         for (name, c, help) in counters {
-            let v = c.load(Ordering::Relaxed);
-            let _ = writeln!(out, "# HELP trace_proxy_{name}_total {help}");
-            let _ = writeln!(out, "# TYPE trace_proxy_{name}_total counter");
-            let _ = writeln!(out, "trace_proxy_{name}_total {v}");
+            scalar(
+                &mut out,
+                &format!("trace_proxy_{name}_total"),
+                "counter",
+                c,
+                help,
+            );
         }
         let gauges: [(&str, &AtomicU64, &str); 2] = [
             (
@@ -447,10 +459,7 @@ impl Metrics {
             ),
         ];
         for (name, g, help) in gauges {
-            let v = g.load(Ordering::Relaxed);
-            let _ = writeln!(out, "# HELP trace_proxy_{name} {help}");
-            let _ = writeln!(out, "# TYPE trace_proxy_{name} gauge");
-            let _ = writeln!(out, "trace_proxy_{name} {v}");
+            scalar(&mut out, &format!("trace_proxy_{name}"), "gauge", g, help);
         }
         self.route_requests.render(
             &mut out,

@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::{NaiveDateTime, TimeDelta};
@@ -348,19 +347,13 @@ async fn chain_is_ordered_by_attempt_with_fields_payload_modes_and_404() {
 #[tokio::test]
 async fn diff_of_a_real_two_attempt_trace_names_only_what_changed() {
     let db = TestDb::new().await;
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
-    let up = upstream(move |_req| {
-        let h = h.clone();
-        async move {
-            if h.fetch_add(1, Ordering::SeqCst) == 0 {
-                Response::builder()
-                    .status(503)
-                    .body(full("busy"))
-                    .expect("response")
-            } else {
-                Response::new(full(r#"{"ok":true}"#))
-            }
+    let (up, _) = counting_upstream(|n| async move {
+        match n {
+            0 => Response::builder()
+                .status(503)
+                .body(full("busy"))
+                .expect("response"),
+            _ => Response::new(full(r#"{"ok":true}"#)),
         }
     })
     .await;

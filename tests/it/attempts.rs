@@ -181,16 +181,11 @@ async fn retry_after_is_honoured() {
 #[tokio::test]
 async fn timeout_on_get_is_retried() {
     let db = TestDb::new().await;
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
-    let up = upstream(move |_req| {
-        let h = h.clone();
-        async move {
-            if h.fetch_add(1, Ordering::SeqCst) == 0 {
-                tokio::time::sleep(Duration::from_secs(3)).await;
-            }
-            Response::new(full("ok"))
+    let (up, hits) = counting_upstream(|n| async move {
+        if n == 0 {
+            tokio::time::sleep(Duration::from_secs(3)).await;
         }
+        Response::new(full("ok"))
     })
     .await;
     let toml = format!(
@@ -207,6 +202,7 @@ async fn timeout_on_get_is_retried() {
         Some("TIMEOUT")
     );
     assert_eq!(rows[1].get::<_, &str>("overall_status"), "success");
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
     proxy.stop().await;
 }
 

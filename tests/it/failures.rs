@@ -37,15 +37,6 @@ fn config_at(db_url: &str, upstream: SocketAddr, db_extra: &str) -> String {
     config_toml(db_url, &format!("http://{upstream}"), &db_extra, "")
 }
 
-fn counting_upstream_handler(
-    hits: Arc<AtomicUsize>,
-) -> impl Fn(http::Request<hyper::body::Incoming>) -> std::future::Ready<Response<Body>> + Clone {
-    move |_req| {
-        hits.fetch_add(1, Ordering::SeqCst);
-        std::future::ready(Response::new(full("ok")))
-    }
-}
-
 #[tokio::test]
 async fn upstream_unreachable_is_502_connection_failed() {
     let db = TestDb::new().await;
@@ -300,8 +291,7 @@ async fn client_abort_while_waiting_for_upstream_is_recorded() {
 
 #[tokio::test]
 async fn store_unreachable_with_reject_answers_503_and_forwards_nothing() {
-    let hits = Arc::new(AtomicUsize::new(0));
-    let up = upstream(counting_upstream_handler(hits.clone())).await;
+    let (up, hits) = counting_upstream(|_| async { Response::new(full("ok")) }).await;
     let db_url = format!("postgres://postgres@{}/postgres", closed_port().await);
     let proxy = Proxy::start(&config_at(&db_url, up, "on_unavailable = \"reject\"")).await;
     let (parts, _) = send(post(&proxy.url("/webhook/x"), &new_trace_id(), "{}")).await;
@@ -314,8 +304,7 @@ async fn store_unreachable_with_reject_answers_503_and_forwards_nothing() {
 
 #[tokio::test]
 async fn store_unreachable_with_forward_forwards_and_counts_unrecorded() {
-    let hits = Arc::new(AtomicUsize::new(0));
-    let up = upstream(counting_upstream_handler(hits.clone())).await;
+    let (up, hits) = counting_upstream(|_| async { Response::new(full("ok")) }).await;
     let db_url = format!("postgres://postgres@{}/postgres", closed_port().await);
     let proxy = Proxy::start(&config_at(&db_url, up, "on_unavailable = \"forward\"")).await;
     for _ in 0..3 {
@@ -395,8 +384,7 @@ async fn body_over_limit_is_413_and_recorded() {
 #[tokio::test]
 async fn route_requiring_user_id_rejects_without_it() {
     let db = TestDb::new().await;
-    let hits = Arc::new(AtomicUsize::new(0));
-    let up = upstream(counting_upstream_handler(hits.clone())).await;
+    let (up, hits) = counting_upstream(|_| async { Response::new(full("ok")) }).await;
     let toml = config(&db, up, "").replace(
         "action = \"trigger-workflow\"",
         "action = \"trigger-workflow\"\nrequire_user_id = true",

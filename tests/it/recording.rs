@@ -1,6 +1,6 @@
 //! D1 (pending row committed before forwarding), D2 (every final field), and counts.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use http::Response;
@@ -197,16 +197,7 @@ async fn error_status_is_failed_with_http_code() {
 #[tokio::test]
 async fn n_concurrent_requests_give_n_finished_rows_in_shared_batches() {
     let db = TestDb::new().await;
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
-    let up = upstream(move |_req| {
-        let h = h.clone();
-        async move {
-            h.fetch_add(1, Ordering::SeqCst);
-            Response::new(full(r#"{"ok":true}"#))
-        }
-    })
-    .await;
+    let (up, hits) = counting_upstream(|_| async { Response::new(full(r#"{"ok":true}"#)) }).await;
     let proxy = Proxy::start(&config(&db, up, "")).await;
     const N: usize = 300;
     let url = proxy.url("/webhook/load");

@@ -159,6 +159,25 @@ where
     addr
 }
 
+/// An upstream that numbers the requests it receives (0, 1, …) and answers request `n` with
+/// `respond(n)`; returns its address and the number of requests so far.
+pub async fn counting_upstream<F, Fut>(
+    respond: F,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>)
+where
+    F: Fn(usize) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = hits.clone();
+    let addr = upstream(move |_req| {
+        let n = h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        respond(n)
+    })
+    .await;
+    (addr, hits)
+}
+
 /// A closed port: bound, then released.
 pub async fn closed_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -92,9 +92,7 @@ pub async fn run_with_metrics(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let instance = uuid::Uuid::new_v4();
-    let spooling = open_spool(&config, instance, &metrics)?;
-    serve_all(listener, config, metrics, instance, spooling, shutdown).await
+    run_with(listener, None, config, metrics, shutdown).await
 }
 
 /// The spool journal, its appender and the earlier instances of its directory.
@@ -127,16 +125,15 @@ pub async fn replay_spool(config: &Config) -> Result<spool::Drained, RunError> {
     }
     let instance = uuid::Uuid::new_v4();
     let (spool, appender, opened) = spool::Spool::open(&config.spool, instance, metrics.clone())?;
-    let drained = spool::drain(spool::ReplayCtx {
+    let ctx = spool::ReplayCtx::new(
+        config,
         spool,
         pool,
         metrics,
-        batch: config.spool.replay_batch,
-        deadline: config.database.client_deadline(),
         instance,
-        previous: opened.previous_instances,
-    })
-    .await;
+        opened.previous_instances,
+    );
+    let drained = spool::drain(ctx).await;
     appender.close(config.server.shutdown_timeout).await;
     Ok(drained?)
 }
@@ -177,15 +174,10 @@ async fn serve_all(
     )?;
     let (appender, replayer) = match spooling {
         Some((spool, appender, previous)) => {
-            let replayer = spool::Replayer::start(spool::ReplayCtx {
-                spool,
-                pool: store.pool().clone(),
-                metrics: metrics.clone(),
-                batch: config.spool.replay_batch,
-                deadline: config.database.client_deadline(),
-                instance,
-                previous,
-            });
+            let pool = store.pool().clone();
+            let ctx =
+                spool::ReplayCtx::new(&config, spool, pool, metrics.clone(), instance, previous);
+            let replayer = spool::Replayer::start(ctx);
             (Some(appender), Some(replayer))
         }
         None => (None, None),

@@ -169,8 +169,11 @@ pub async fn handle(
         n += 1;
         // 5. record start (D1): the pending row is committed before anything goes upstream.
         let stats = Arc::new(RequestStats::default());
-        let start = AttemptStart {
-            id: Uuid::now_v7(),
+        let id = Uuid::now_v7();
+        let attempt_requested_at = if n == 1 { requested_at } else { now_utc() };
+        // Built again only if the pending row has to be spooled after PostgreSQL failed it.
+        let start = || AttemptStart {
+            id,
             trace_id: corr.trace_id.clone(),
             execution_id: corr.execution_id,
             source_service: route.source_service.clone(),
@@ -178,7 +181,7 @@ pub async fn handle(
             workflow_id: workflow_id.clone(),
             action: action.clone(),
             user_id: user_id.clone(),
-            requested_at: if n == 1 { requested_at } else { now_utc() },
+            requested_at: attempt_requested_at,
             request_payload: request_payload.clone(),
             http_method: parts.method.to_string(),
             http_target: http_target.clone(),
@@ -189,14 +192,18 @@ pub async fn handle(
         let began = if n == 1 { arrived } else { Instant::now() };
         let mut attempt = Attempt::begin(
             app.clone(),
-            start,
+            start(),
             began,
             stats.clone(),
             &corr,
             sanitizer.clone(),
         );
         if let Err(reason) = attempt.wait_recorded().await {
-            let policy = match (cfg.database.on_unavailable, attempt.spool_start().await) {
+            let spooled = match cfg.database.on_unavailable {
+                OnUnavailable::Spool => attempt.spool_start(start).await,
+                _ => None,
+            };
+            let policy = match (cfg.database.on_unavailable, spooled) {
                 (OnUnavailable::Spool, Some(Ok(()))) => None,
                 (OnUnavailable::Spool, Some(Err(e))) => {
                     tracing::error!(trace_id = %corr.trace_id, route = %route.name, error = %e,
@@ -390,7 +397,8 @@ struct Attempt {
     sanitizer: Arc<Sanitizer>,
     /// The route's slot in the per-route answer counters.
     route_slot: Option<usize>,
-    /// A copy of the pending row, kept while it may still have to be spooled.
+    /// The pending row, kept when it goes straight to the journal (PostgreSQL known to be
+    /// unavailable), until it is spooled.
     spare: Option<Box<AttemptStart>>,
 }
 
@@ -550,11 +558,7 @@ impl Attempt {
                 Err("PostgreSQL unavailable; recording to the spool journal".into()),
                 Some(Box::new(start)),
             ),
-            Some(_) => {
-                let spare = Some(Box::new(start.clone()));
-                (app.store.begin(start).map_err(|e| e.to_string()), spare)
-            }
-            None => (app.store.begin(start).map_err(|e| e.to_string()), None),
+            _ => (app.store.begin(start).map_err(|e| e.to_string()), None),
         };
         let insert = match insert {
             Ok(pending) => Insert::Unknown(pending),
@@ -577,11 +581,14 @@ impl Attempt {
         }
     }
 
-    /// `on_unavailable = "spool"`: appends the pending row to the journal and waits until it is
-    /// durable. `None` when there is no spool or no row to spool.
-    async fn spool_start(&mut self) -> Option<Result<(), crate::spool::SpoolError>> {
+    /// `on_unavailable = "spool"`: appends the pending row (kept, or built by `rebuild`) to the
+    /// journal and waits until it is durable. `None` when there is no spool.
+    async fn spool_start(
+        &mut self,
+        rebuild: impl FnOnce() -> AttemptStart,
+    ) -> Option<Result<(), crate::spool::SpoolError>> {
         let spool = self.app.spool.clone()?;
-        let start = self.spare.take()?;
+        let start = self.spare.take().unwrap_or_else(|| Box::new(rebuild()));
         let waited = Instant::now();
         // Spooled from the moment the record is queued: if the client goes away while it is
         // being synced, the attempt's final update (aborted) follows it into the journal.
@@ -625,7 +632,6 @@ impl Attempt {
         };
         match result {
             Ok(number) => {
-                self.spare = None;
                 self.insert = Some(Insert::Committed);
                 self.number = Some(number);
                 Ok(())

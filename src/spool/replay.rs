@@ -45,6 +45,29 @@ pub struct ReplayCtx {
     pub previous: Vec<Uuid>,
 }
 
+impl ReplayCtx {
+    /// The context for `instance`'s replays of `spool` into `pool`, with the configured batch
+    /// size and database deadline.
+    pub fn new(
+        config: &crate::Config,
+        spool: Spool,
+        pool: Pool,
+        metrics: Arc<Metrics>,
+        instance: Uuid,
+        previous: Vec<Uuid>,
+    ) -> ReplayCtx {
+        ReplayCtx {
+            spool,
+            pool,
+            metrics,
+            batch: config.spool.replay_batch,
+            deadline: config.database.client_deadline(),
+            instance,
+            previous,
+        }
+    }
+}
+
 impl Replayer {
     pub fn start(ctx: ReplayCtx) -> Replayer {
         let (stop, rx) = watch::channel(false);

@@ -42,7 +42,8 @@ pub struct Metrics {
     /// Journal records PostgreSQL rejected on their own (invalid data): stored with the payload
     /// replaced by a note, or skipped if even that was rejected; logged.
     pub spool_rejected: AtomicU64,
-    /// Gauges: what the journal holds now.
+    /// Gauges: what the journal holds now (maintained by `crate::spool`, which bounds the
+    /// journal by them).
     pub spool_records: AtomicU64,
     pub spool_bytes: AtomicU64,
     /// Answers by route and status class.

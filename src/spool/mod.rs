@@ -23,7 +23,7 @@ mod replay;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -91,9 +91,6 @@ struct Shared {
     max_bytes: u64,
     /// What pending rows may fill (the rest is for final updates).
     pending_limit: u64,
-    /// Bytes and records in the journal (sealed segments plus the active one).
-    bytes: AtomicU64,
-    records: AtomicU64,
     /// Sealed segments waiting for replay, oldest first.
     sealed: Mutex<Vec<Segment>>,
     engaged: AtomicBool,
@@ -185,14 +182,21 @@ impl Spool {
             dir: dir.clone(),
             max_bytes: cfg.max_bytes,
             pending_limit: cfg.pending_limit(),
-            bytes: AtomicU64::new(opened.bytes),
-            records: AtomicU64::new(opened.records),
             sealed: Mutex::new(segments),
             engaged: AtomicBool::new(false),
             wake: Notify::new(),
             metrics,
         });
-        shared.publish();
+        // The gauges are the journal's size: what it holds (sealed segments plus the active
+        // one), kept up to date by the appender and the replayer.
+        shared
+            .metrics
+            .spool_bytes
+            .store(opened.bytes, Ordering::Relaxed);
+        shared
+            .metrics
+            .spool_records
+            .store(opened.records, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(append_loop(
             rx,
@@ -251,7 +255,7 @@ impl Spool {
 
     /// Records waiting for replay.
     pub fn records(&self) -> u64 {
-        self.shared.records.load(Ordering::Relaxed)
+        self.shared.metrics.spool_records.load(Ordering::Relaxed)
     }
 
     /// Closes the segment being appended to and returns every sealed segment, oldest first.
@@ -268,11 +272,9 @@ impl Spool {
     fn trim(&self, seg: &Segment) -> io::Result<()> {
         fs::remove_file(&seg.path)?;
         lock(&self.shared.sealed).retain(|s| s.seq != seg.seq);
-        self.shared.bytes.fetch_sub(seg.bytes, Ordering::Relaxed);
-        self.shared
-            .records
-            .fetch_sub(seg.records, Ordering::Relaxed);
-        self.shared.publish();
+        let m = &self.shared.metrics;
+        m.spool_bytes.fetch_sub(seg.bytes, Ordering::Relaxed);
+        m.spool_records.fetch_sub(seg.records, Ordering::Relaxed);
         Ok(())
     }
 
@@ -300,16 +302,6 @@ impl Appender {
     pub async fn close(self, deadline: std::time::Duration) -> bool {
         let _ = self.tx.send(Cmd::Close);
         tokio::time::timeout(deadline, self.task).await.is_ok()
-    }
-}
-
-impl Shared {
-    fn publish(&self) {
-        let m = &self.metrics;
-        m.spool_bytes
-            .store(self.bytes.load(Ordering::Relaxed), Ordering::Relaxed);
-        m.spool_records
-            .store(self.records.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 }
 
@@ -381,7 +373,6 @@ async fn append_loop(
                 return;
             }
         }
-        shared.publish();
         shared.wake.notify_one();
         if closing {
             give_up(&retry, &shared, "the spool stopped");
@@ -466,11 +457,11 @@ impl Pending {
             .map_err(|e| SpoolError::Io(e.to_string()));
         match &result {
             Ok(()) => {
-                shared
-                    .bytes
+                let m = &shared.metrics;
+                m.spool_bytes
                     .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
-                shared.records.fetch_add(n, Ordering::Relaxed);
-                shared.metrics.spooled.fetch_add(n, Ordering::Relaxed);
+                m.spool_records.fetch_add(n, Ordering::Relaxed);
+                m.spooled.fetch_add(n, Ordering::Relaxed);
                 self.detached.clear();
             }
             Err(e) => {
@@ -516,7 +507,8 @@ fn write_group(
         match cmd {
             Cmd::Append(payload, finish, ack) => {
                 let size = journal::frame_len(payload.len());
-                let used = shared.bytes.load(Ordering::Relaxed) + pending.buf.len() as u64;
+                let used =
+                    shared.metrics.spool_bytes.load(Ordering::Relaxed) + pending.buf.len() as u64;
                 let limit = match finish {
                     true => shared.max_bytes,
                     false => shared.pending_limit,
@@ -730,7 +722,10 @@ mod tests {
             spool.trim(seg).expect("trim");
         }
         assert_eq!(
-            (spool.records(), spool.shared.bytes.load(Ordering::Relaxed)),
+            (
+                spool.records(),
+                spool.shared.metrics.spool_bytes.load(Ordering::Relaxed)
+            ),
             (0, 0)
         );
         assert!(appender.close(std::time::Duration::from_secs(5)).await);

@@ -174,6 +174,16 @@ async fn run(ctx: Arc<Ctx>, rx: Arc<Mutex<mpsc::UnboundedReceiver<Op>>>) {
     }
 }
 
+/// Who waits for a pending row's attempt number.
+enum Waiter {
+    /// The request that queued it.
+    Request(oneshot::Sender<Result<i32, StoreError>>),
+    /// Nobody: a row replayed from the spool journal (counted once stored).
+    Replay,
+    /// Already answered (or moved to another round).
+    Answered,
+}
+
 /// Pending rows of one batch, column by column, with who waits for each.
 #[derive(Default)]
 struct Inserts {
@@ -194,9 +204,7 @@ struct Inserts {
     redactions: Vec<Option<Value>>,
     /// The proxy instance that inserted each row (`proxy_instance`).
     instance: Vec<Uuid>,
-    waiters: Vec<Option<oneshot::Sender<Result<i32, StoreError>>>>,
-    /// Replayed rows have nobody waiting; they are counted here once stored.
-    unanswered_replays: Vec<bool>,
+    waiters: Vec<Waiter>,
 }
 
 impl Inserts {
@@ -222,8 +230,10 @@ impl Inserts {
         self.route.push(text(s.route_name));
         self.redactions.push(s.redactions);
         self.instance.push(instance);
-        self.unanswered_replays.push(done.is_none());
-        self.waiters.push(done);
+        self.waiters.push(match done {
+            Some(done) => Waiter::Request(done),
+            None => Waiter::Replay,
+        });
     }
 
     fn params(&self) -> [&(dyn ToSql + Sync); INSERT_PARAMS] {
@@ -267,8 +277,8 @@ impl Inserts {
             out.route.push(self.route[i].clone());
             out.redactions.push(self.redactions[i].take());
             out.instance.push(self.instance[i]);
-            out.waiters.push(self.waiters[i].take());
-            out.unanswered_replays.push(self.unanswered_replays[i]);
+            out.waiters
+                .push(std::mem::replace(&mut self.waiters[i], Waiter::Answered));
         }
         out
     }
@@ -280,11 +290,15 @@ impl Inserts {
         for row in rows {
             let (id, number): (Uuid, i32) = (row.get(0), row.get(1));
             let Some(&i) = index.get(&id) else { continue };
-            if let Some(done) = self.waiters[i].take() {
-                metrics.rows_started.fetch_add(1, Ordering::Relaxed);
-                let _ = done.send(Ok(number));
-            } else if std::mem::take(&mut self.unanswered_replays[i]) {
-                metrics.rows_started.fetch_add(1, Ordering::Relaxed);
+            match std::mem::replace(&mut self.waiters[i], Waiter::Answered) {
+                Waiter::Request(done) => {
+                    metrics.rows_started.fetch_add(1, Ordering::Relaxed);
+                    let _ = done.send(Ok(number));
+                }
+                Waiter::Replay => {
+                    metrics.rows_started.fetch_add(1, Ordering::Relaxed);
+                }
+                Waiter::Answered => {}
             }
         }
     }
@@ -292,12 +306,15 @@ impl Inserts {
     /// Indexes of rows nobody has answered yet.
     fn unanswered(&self) -> Vec<usize> {
         (0..self.id.len())
-            .filter(|&i| self.waiters[i].is_some() || self.unanswered_replays[i])
+            .filter(|&i| !matches!(self.waiters[i], Waiter::Answered))
             .collect()
     }
 
     fn fail(&mut self, e: &StoreError) {
-        for done in self.waiters.iter_mut().filter_map(Option::take) {
+        for w in &mut self.waiters {
+            let Waiter::Request(done) = std::mem::replace(w, Waiter::Answered) else {
+                continue;
+            };
             let _ = done.send(Err(StoreError::Db(e.to_string())));
         }
     }
@@ -570,8 +587,7 @@ async fn renumber(
         retry.resolve(&rows, metrics);
         // Whatever is still unanswered goes back for the next round.
         for (k, &i) in left.iter().enumerate() {
-            ins.waiters[i] = retry.waiters[k].take();
-            ins.unanswered_replays[i] = retry.unanswered_replays[k];
+            ins.waiters[i] = std::mem::replace(&mut retry.waiters[k], Waiter::Answered);
             ins.payload[i] = retry.payload[k].take();
             ins.redactions[i] = retry.redactions[k].take();
         }

@@ -1,11 +1,12 @@
-//! `[admin]`: the admin listener (`crate::api`: health, metrics, the read-only query API). Raw
-//! keys, their validation, and the bearer token, which never appears in `Debug` or printed output.
+//! `[admin]`: the admin listener (`crate::api`: health, metrics, the read-only query API), and
+//! its bearer token, which never appears in `Debug` or printed output.
 
 use std::net::SocketAddr;
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use super::problems::Problems;
 
 /// Environment variable that overrides `admin.token`.
 pub const ENV_ADMIN_TOKEN: &str = "TRACE_PROXY_ADMIN_TOKEN";
@@ -16,7 +17,7 @@ const MIN_TOKEN_CHARS: usize = 16;
 const BUDGET_RANGE: std::ops::RangeInclusive<u64> = 65_536..=67_108_864;
 
 /// `[admin]` as written.
-#[derive(Clone, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct RawAdmin {
     pub listen: String,
@@ -86,55 +87,50 @@ impl AdminConfig {
 }
 
 /// Checks `[admin]`, pushing every problem.
-pub fn validate_admin(r: &RawAdmin, problems: &mut Vec<String>) -> AdminConfig {
-    let listen = if r.listen.is_empty() {
-        None
-    } else {
-        SocketAddr::from_str(&r.listen)
-            .map_err(|e| {
-                problems.push(format!(
-                    "`admin.listen` {:?}: {e} (\"\" turns the admin API off)",
-                    r.listen
-                ))
-            })
-            .ok()
-    };
-    let token = if r.token.is_empty() {
-        None
-    } else {
-        if r.token.chars().count() < MIN_TOKEN_CHARS
-            || !r.token.bytes().all(|b| b.is_ascii_graphic())
-        {
-            problems.push(format!(
-                "`admin.token` must be at least {MIN_TOKEN_CHARS} visible ASCII characters (no spaces)"
-            ));
+pub(super) fn check(r: &RawAdmin, p: &mut Problems) -> Option<AdminConfig> {
+    // `Some(None)`: the listener is off; `None`: a problem was reported.
+    let listen = match r.listen.is_empty() {
+        true => Some(None),
+        false => {
+            let off = " (\"\" turns the admin API off)";
+            super::server::socket_addr("admin.listen", &r.listen, off, p).map(Some)
         }
-        Some(Token(r.token.clone()))
     };
+    let token = (!r.token.is_empty()).then(|| Token(r.token.clone()));
+    if !r.token.is_empty()
+        && (r.token.chars().count() < MIN_TOKEN_CHARS
+            || !r.token.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        p.at(
+            "admin.token",
+            format!("must be at least {MIN_TOKEN_CHARS} visible ASCII characters (no spaces)"),
+        );
+    }
     if !(1..=64).contains(&r.pool_size) {
-        problems.push(format!(
-            "`admin.pool_size` ({}) must be between 1 and 64",
-            r.pool_size
-        ));
+        p.at(
+            "admin.pool_size",
+            format!("({}) must be between 1 and 64", r.pool_size),
+        );
     }
-    if r.statement_timeout_ms == 0 {
-        problems.push("`admin.statement_timeout_ms` must be greater than 0".into());
-    }
+    p.positive("admin.statement_timeout_ms", r.statement_timeout_ms);
     if !BUDGET_RANGE.contains(&r.max_response_bytes) {
-        problems.push(format!(
-            "`admin.max_response_bytes` ({}) must be between {} and {}",
-            r.max_response_bytes,
-            BUDGET_RANGE.start(),
-            BUDGET_RANGE.end()
-        ));
+        p.at(
+            "admin.max_response_bytes",
+            format!(
+                "({}) must be between {} and {}",
+                r.max_response_bytes,
+                BUDGET_RANGE.start(),
+                BUDGET_RANGE.end()
+            ),
+        );
     }
-    AdminConfig {
-        listen,
+    Some(AdminConfig {
+        listen: listen?,
         token,
         pool_size: r.pool_size,
         statement_timeout: Duration::from_millis(r.statement_timeout_ms),
         max_response_bytes: usize::try_from(r.max_response_bytes).unwrap_or(usize::MAX),
-    }
+    })
 }
 
 #[cfg(test)]
@@ -178,9 +174,9 @@ mod tests {
 
     #[test]
     fn no_token_still_serves_health_and_empty_listen_does_not() {
-        let mut p = Vec::new();
-        let c = validate_admin(&RawAdmin::default(), &mut p);
-        assert!(p.is_empty(), "{p:?}");
+        let mut p = Problems::default();
+        let c = check(&RawAdmin::default(), &mut p);
+        let c = std::mem::take(&mut p).finish(c).expect("valid");
         assert!(c.token.is_none());
         assert_eq!(
             c.serve_on().map(|a| a.to_string()).as_deref(),
@@ -190,13 +186,13 @@ mod tests {
             listen: String::new(),
             ..RawAdmin::default()
         };
-        assert_eq!(validate_admin(&off, &mut p).serve_on(), None);
+        assert_eq!(check(&off, &mut p).and_then(|c| c.serve_on()), None);
         let raw = RawAdmin {
             token: "short".into(),
             max_response_bytes: 10,
             ..RawAdmin::default()
         };
-        validate_admin(&raw, &mut p);
-        assert_eq!(p.len(), 2, "{p:?}");
+        let c = check(&raw, &mut p);
+        assert_eq!(p.finish(c).unwrap_err().len(), 2);
     }
 }

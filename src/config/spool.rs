@@ -1,9 +1,10 @@
-//! `[spool]`: the durable journal used while PostgreSQL is unavailable (`crate::spool`). Raw
-//! keys and their validation.
+//! `[spool]`: the durable journal used while PostgreSQL is unavailable (`crate::spool`).
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+
+use super::problems::Problems;
 
 /// Where the journal lives unless `spool.dir` says otherwise.
 pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/trace-proxy/spool";
@@ -12,12 +13,12 @@ pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/trace-proxy/spool";
 const MIN_MAX_BYTES: u64 = 1024 * 1024;
 
 /// `[spool]` as written.
-#[derive(Clone, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct RawSpool {
     pub dir: String,
     pub max_bytes: u64,
-    pub spool_full: String,
+    pub spool_full: SpoolFull,
     pub replay_batch_records: usize,
 }
 
@@ -26,14 +27,15 @@ impl Default for RawSpool {
         Self {
             dir: DEFAULT_SPOOL_DIR.into(),
             max_bytes: 1024 * 1024 * 1024,
-            spool_full: "reject".into(),
+            spool_full: SpoolFull::Reject,
             replay_batch_records: 500,
         }
     }
 }
 
 /// What to do with a request when PostgreSQL is unavailable and the journal is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SpoolFull {
     /// Answer 503 and forward nothing.
     Reject,
@@ -67,40 +69,29 @@ impl SpoolConfig {
     }
 }
 
-/// Pushes every problem of `raw` onto `problems`; the returned value is only used when there
-/// are none.
-pub(super) fn validate_spool(raw: &RawSpool, problems: &mut Vec<String>) -> SpoolConfig {
+/// Checks `[spool]`, pushing every problem.
+pub(super) fn check(raw: &RawSpool, p: &mut Problems) -> Option<SpoolConfig> {
     if raw.dir.trim().is_empty() {
-        problems.push("`spool.dir` must not be empty".into());
+        p.at("spool.dir", "must not be empty");
     }
     if raw.max_bytes < MIN_MAX_BYTES {
-        problems.push(format!(
-            "`spool.max_bytes` ({}) must be at least {MIN_MAX_BYTES}",
-            raw.max_bytes
-        ));
+        p.at(
+            "spool.max_bytes",
+            format!("({}) must be at least {MIN_MAX_BYTES}", raw.max_bytes),
+        );
     }
-    let spool_full = match raw.spool_full.as_str() {
-        "reject" => SpoolFull::Reject,
-        "forward" => SpoolFull::Forward,
-        other => {
-            problems.push(format!(
-                "`spool.spool_full` {other:?}: expected \"reject\" or \"forward\""
-            ));
-            SpoolFull::Reject
-        }
-    };
     if !(1..=10_000).contains(&raw.replay_batch_records) {
-        problems.push(format!(
-            "`spool.replay_batch_records` ({}) must be between 1 and 10000",
-            raw.replay_batch_records
-        ));
+        p.at(
+            "spool.replay_batch_records",
+            format!("({}) must be between 1 and 10000", raw.replay_batch_records),
+        );
     }
-    SpoolConfig {
+    Some(SpoolConfig {
         dir: PathBuf::from(&raw.dir),
         max_bytes: raw.max_bytes,
-        spool_full,
+        spool_full: raw.spool_full,
         replay_batch: raw.replay_batch_records,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -109,22 +100,22 @@ mod tests {
 
     #[test]
     fn defaults_are_valid_and_every_problem_is_reported() {
-        let mut problems = Vec::new();
-        let c = validate_spool(&RawSpool::default(), &mut problems);
-        assert!(problems.is_empty(), "{problems:?}");
+        let mut p = Problems::default();
+        let c = check(&RawSpool::default(), &mut p);
+        let c = p.finish(c).expect("defaults are valid");
         assert_eq!(c.dir, PathBuf::from("/var/lib/trace-proxy/spool"));
         assert_eq!(c.max_bytes, 1 << 30);
         assert_eq!(c.spool_full, SpoolFull::Reject);
         assert_eq!(c.segment_bytes(), 64 * 1024 * 1024);
         assert_eq!(c.pending_limit(), (1 << 30) / 8 * 7);
-        let bad = RawSpool {
-            dir: " ".into(),
-            max_bytes: 10,
-            spool_full: "drop".into(),
-            replay_batch_records: 0,
+        let text = "[spool]\ndir = \" \"\nmax_bytes = 10\nspool_full = \"drop\"\nreplay_batch_records = 0\n\
+                    [[routes]]\nname = \"n8n\"\nupstream = \"http://127.0.0.1:5678\"\n\
+                    source_service = \"a\"\ndestination_service = \"b\"\n";
+        let Err(crate::config::ConfigError::Invalid(problems)) =
+            crate::config::Config::from_toml_str(text)
+        else {
+            panic!("expected invalid config");
         };
-        let mut problems = Vec::new();
-        validate_spool(&bad, &mut problems);
         let all = problems.join("\n");
         assert_eq!(problems.len(), 4, "{all}");
         for key in [

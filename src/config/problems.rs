@@ -1,0 +1,115 @@
+//! Every problem found while reading and checking a configuration, collected so they are all
+//! reported at once — and never one about a value that only stands in for something that could
+//! not be read (a wrong type, an unset variable, a line lost to a TOML syntax error).
+
+use std::collections::BTreeSet;
+use std::fmt::Display;
+
+#[derive(Debug, Default)]
+pub(super) struct Problems {
+    found: Vec<String>,
+    /// Key paths (`server.listen`, `routes.0.retry`) whose value could not be read: their
+    /// default stands in for them, so nothing is checked about them.
+    unread: BTreeSet<String>,
+    /// Parts of a document were lost to syntax errors: a missing key or entry, or a relation
+    /// between two keys, can no longer be judged.
+    incomplete: bool,
+}
+
+impl Problems {
+    /// A problem whose text names its own place (a file and line, an unknown key).
+    pub fn push(&mut self, problem: impl Into<String>) {
+        self.found.push(problem.into());
+    }
+
+    /// `key`'s value could not be read: reported as "`key`: problem", and from now on no
+    /// problem is reported about `key` or anything under it.
+    pub fn unread(&mut self, key: &str, problem: impl Display) {
+        self.found.push(format!("`{key}`: {problem}"));
+        self.unread.insert(key.to_owned());
+    }
+
+    /// A problem with `key`'s own value, reported as "`key` problem".
+    pub fn at(&mut self, key: &str, problem: impl Display) {
+        self.about(key, format!("`{key}` {problem}"));
+    }
+
+    /// A problem with `key`'s own value; `problem` names it.
+    pub fn about(&mut self, key: &str, problem: impl Into<String>) {
+        if !self.is_unread(key) {
+            self.found.push(problem.into());
+        }
+    }
+
+    /// `key` must not be 0.
+    pub fn positive(&mut self, key: &str, v: u64) {
+        if v == 0 {
+            self.at(key, "must be greater than 0");
+        }
+    }
+
+    /// A problem between several keys; `problem` names them.
+    pub fn between(&mut self, keys: &[&str], problem: impl Into<String>) {
+        if !self.incomplete && !keys.iter().any(|k| self.is_unread(k)) {
+            self.found.push(problem.into());
+        }
+    }
+
+    /// `key` (a required key, or a required entry) is absent; `problem` names it.
+    pub fn absent(&mut self, key: &str, problem: impl Into<String>) {
+        if !self.incomplete && !self.is_unread(key) {
+            self.found.push(problem.into());
+        }
+    }
+
+    /// True when `key`, or a table holding it, could not be read.
+    pub fn is_unread(&self, key: &str) -> bool {
+        self.unread.iter().any(|u| {
+            key.strip_prefix(u.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+        })
+    }
+
+    /// True when `table` or anything under it could not be read.
+    pub fn any_unread_in(&self, table: &str) -> bool {
+        self.is_unread(table)
+            || self.unread.iter().any(|u| {
+                u.strip_prefix(table)
+                    .is_some_and(|rest| rest.starts_with('.'))
+            })
+    }
+
+    /// The checked value when nothing was found; otherwise every problem.
+    pub fn finish<T>(self, value: Option<T>) -> Result<T, Vec<String>> {
+        match value {
+            Some(v) if self.found.is_empty() => Ok(v),
+            // A section that gives no value has pushed a problem saying why; the fallback
+            // only keeps an impossible state from passing silently.
+            _ if self.found.is_empty() => Err(vec!["a checked value is missing".into()]),
+            _ => Err(self.found),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_is_reported_about_what_could_not_be_read() {
+        let mut p = Problems::default();
+        p.unread("routes.0.retry", "invalid type");
+        p.at("routes.0.retry.max_attempts", "must be at most 10");
+        p.at("routes.0.retry_extra", "is reported: another key");
+        p.between(&["database.pool_size", "routes.0.retry"], "a relation");
+        p.absent("routes.0.retry", "required");
+        assert!(p.any_unread_in("routes.0") && p.any_unread_in("routes"));
+        assert!(!p.any_unread_in("route") && !p.is_unread("routes.0.retryx"));
+        assert_eq!(p.found.len(), 2, "{:?}", p.found);
+        p.incomplete = true;
+        p.between(&["a", "b"], "dropped");
+        p.absent("routes", "dropped");
+        p.at("server.listen", "still reported");
+        assert_eq!(p.finish(Some(())).unwrap_err().len(), 3);
+    }
+}

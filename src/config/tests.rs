@@ -1,0 +1,236 @@
+//! Tests of the configuration as a whole: defaults, every problem at once, overlays and
+//! environment overrides, routes and their rules.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+
+const MINIMAL: &str = r#"
+    [[routes]]
+    name = "n8n"
+    upstream = "http://127.0.0.1:5678"
+    source_service = "bilko-app"
+    destination_service = "n8n"
+"#;
+
+#[test]
+fn minimal_config_gets_documented_defaults() {
+    let c = Config::from_toml_str(MINIMAL).expect("valid");
+    assert_eq!(c.server.listen.to_string(), "0.0.0.0:8080");
+    assert_eq!(c.database.on_unavailable, OnUnavailable::Spool);
+    assert_eq!(c.capture.max_payload_bytes, 65_536);
+    assert_eq!(c.routes[0].path_prefix, "/");
+    assert_eq!(c.correlation.default_user_id, "anonymous");
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = r#"
+        bogus = 1
+        [server]
+        listen = "not an address"
+        [database]
+        on_unavailable = "maybe"
+        pool_size = 0
+        [capture]
+        max_payload_bytes = 0
+        [correlation]
+        user_id_header = "bad header"
+        [[routes]]
+        name = "a"
+        upstream = "ftp://x"
+        source_service = ""
+        destination_service = "n8n"
+    "#;
+    let Err(ConfigError::Invalid(problems)) = Config::from_toml_str(text) else {
+        panic!("expected invalid config");
+    };
+    let all = problems.join("\n");
+    for needle in [
+        "unknown key `bogus`",
+        "server.listen",
+        "on_unavailable",
+        "database.pool_size",
+        "capture.max_payload_bytes",
+        "user_id_header",
+        "scheme ftp",
+        "source_service",
+    ] {
+        assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+    }
+}
+
+#[test]
+fn sanitize_rules_global_and_per_route() {
+    let text = format!(
+        r#"
+        [sanitize]
+        replacement = "<secret>"
+        add_keys = ["ssn"]
+        remove_keys = ["pin"]
+        [[sanitize.add_patterns]]
+        name = "order_ref"
+        regex = "ORD-[0-9]{{6}}"
+        {MINIMAL}
+        [routes.sanitize]
+        add_keys = ["orderNote"]
+        remove_patterns = ["order_ref"]
+        [[routes]]
+        name = "plain"
+        path_prefix = "/plain/"
+        upstream = "http://127.0.0.1:5678"
+        source_service = "a"
+        destination_service = "b"
+        "#
+    );
+    let c = Config::from_toml_str(&text).expect("valid");
+    assert_eq!(c.sanitize.replacement(), "<secret>");
+    let n8n = c.routes.iter().find(|r| r.name == "n8n").expect("route");
+    let plain = c.routes.iter().find(|r| r.name == "plain").expect("route");
+    assert!(n8n.sanitizer.is_secret_key("order_note") && n8n.sanitizer.is_secret_key("SSN"));
+    assert!(!plain.sanitizer.is_secret_key("orderNote") && !plain.sanitizer.is_secret_key("pin"));
+    assert!(
+        Arc::ptr_eq(&plain.sanitizer, &c.sanitize),
+        "no overrides: shared"
+    );
+    assert!(c.to_redacted_toml().contains("order_ref"));
+
+    let bad = format!(
+        "[sanitize]\nreplacement = \"\"\nremove_patterns = [\"nope\"]\n{MINIMAL}\n[routes.sanitize]\nadd_keys = [\"*\"]\n"
+    );
+    let Err(ConfigError::Invalid(problems)) = Config::from_toml_str(&bad) else {
+        panic!("expected invalid config");
+    };
+    let all = problems.join("\n");
+    assert!(all.contains("`sanitize.replacement`"), "{all}");
+    assert!(all.contains("`sanitize.remove_patterns`"), "{all}");
+    let bad_route = format!("{MINIMAL}\n[routes.sanitize]\nadd_keys = [\"*\"]\nbogus = 1\n");
+    let Err(ConfigError::Invalid(problems)) = Config::from_toml_str(&bad_route) else {
+        panic!("expected invalid config");
+    };
+    let all = problems.join("\n");
+    assert!(
+        all.contains("routes[0] (\"n8n\"): `routes.sanitize.add_keys`"),
+        "{all}"
+    );
+    assert!(
+        all.contains("unknown key `routes.0.sanitize.bogus`"),
+        "{all}"
+    );
+}
+
+#[test]
+fn longest_prefix_wins() {
+    let text = format!(
+        "{MINIMAL}\n[[routes]]\nname = \"cb\"\npath_prefix = \"/callbacks/\"\nupstream = \"http://127.0.0.1:5000/api\"\nsource_service = \"n8n\"\ndestination_service = \"bilko-app\"\n"
+    );
+    let c = Config::from_toml_str(&text).expect("valid");
+    assert_eq!(
+        c.route_for("/callbacks/x").map(|r| r.name.as_str()),
+        Some("cb")
+    );
+    assert_eq!(
+        c.route_for("/webhook/x").map(|r| r.name.as_str()),
+        Some("n8n")
+    );
+    assert_eq!(
+        c.route_for("/callbacks/x")
+            .map(|r| r.upstream_base_path.as_str()),
+        Some("/api")
+    );
+}
+
+#[test]
+fn retention_defaults_overlay_and_validation() {
+    let c = Config::from_toml_str(MINIMAL).expect("valid");
+    assert_eq!(
+        c.retention,
+        RetentionConfig {
+            detail_days: 30,
+            summary_days: None,
+            batch_size: 5_000,
+            interval: Some(Duration::from_secs(3_600)),
+        }
+    );
+    assert!(c.to_redacted_toml().contains("[retention]"));
+
+    // Per environment, through the overlay.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("config")).expect("mkdir");
+    let main = dir.path().join("proxy.toml");
+    std::fs::write(&main, MINIMAL).expect("write");
+    std::fs::write(
+        dir.path().join("config/staging.toml"),
+        "[retention]\ndetail_days = 7\nsummary_days = 90\ninterval_secs = 0\n",
+    )
+    .expect("write");
+    let c = Config::load_with(&main, Some("staging"), &|_| None).expect("valid");
+    assert_eq!(c.retention.detail_days, 7);
+    assert_eq!(c.retention.summary_days, Some(90));
+    assert_eq!(c.retention.batch_size, 5_000);
+    assert_eq!(c.retention.interval, None);
+
+    let text = format!(
+        "{MINIMAL}\n[retention]\ndetail_days = 0\nsummary_days = 50000\nbatch_size = 0\ninterval_secs = 99999999999\n"
+    );
+    let Err(ConfigError::Invalid(problems)) = Config::from_toml_str(&text) else {
+        panic!("expected invalid retention config");
+    };
+    let all = problems.join("\n");
+    for needle in [
+        "retention.detail_days",
+        "retention.summary_days",
+        "retention.batch_size",
+        "retention.interval_secs",
+    ] {
+        assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+    }
+    // summary_days shorter than detail_days would delete summaries of rows still in detail.
+    let text = format!("{MINIMAL}\n[retention]\ndetail_days = 30\nsummary_days = 29\n");
+    assert!(Config::from_toml_str(&text).is_err());
+    let text = format!("{MINIMAL}\n[retention]\ndetail_days = 30\nsummary_days = 30\n");
+    assert!(Config::from_toml_str(&text).is_ok());
+}
+
+#[test]
+fn overlay_then_environment_overrides() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("config")).expect("mkdir");
+    let main = dir.path().join("proxy.toml");
+    std::fs::write(
+        &main,
+        format!("[server]\nlisten = \"127.0.0.1:1\"\n{MINIMAL}"),
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("config/test.toml"),
+        "[server]\nlisten = \"127.0.0.1:2\"\n[capture]\nmax_payload_bytes = 10\n",
+    )
+    .expect("write");
+    let vars = |k: &str| match k {
+        "TRACE_PROXY_ENV" => Some("test".to_owned()),
+        "DATABASE_URL" => Some("postgres://u:hunter2@db:5432/x".to_owned()),
+        _ => None,
+    };
+    let c = Config::load_with(&main, None, &vars).expect("valid");
+    assert_eq!(c.environment.as_deref(), Some("test"));
+    assert_eq!(c.server.listen.to_string(), "127.0.0.1:2");
+    assert_eq!(c.capture.max_payload_bytes, 10);
+    assert_eq!(c.database.pg.get_dbname(), Some("x"));
+    let printed = c.to_redacted_toml();
+    assert!(!printed.contains("hunter2"), "{printed}");
+    assert!(!format!("{c:?}").contains("hunter2"));
+    let vars2 = |k: &str| match k {
+        "TRACE_PROXY_LISTEN" => Some("127.0.0.1:3".to_owned()),
+        "TRACE_PROXY_SPOOL_DIR" => Some("/data/spool".to_owned()),
+        "TRACE_PROXY_DATABASE_URL" => Some("postgres://a@h/primary".to_owned()),
+        "DATABASE_URL" => Some("postgres://a@h/fallback".to_owned()),
+        _ => None,
+    };
+    let c = Config::load_with(&main, Some("test"), &vars2).expect("valid");
+    assert_eq!(c.server.listen.to_string(), "127.0.0.1:3");
+    assert_eq!(c.database.pg.get_dbname(), Some("primary"));
+    assert_eq!(c.spool.dir, PathBuf::from("/data/spool"));
+}

@@ -15,6 +15,8 @@ mod retention;
 mod routes;
 mod sanitize;
 mod server;
+#[cfg(test)]
+mod shipped;
 mod source;
 mod spool;
 #[cfg(test)]

@@ -98,10 +98,16 @@ fn main() -> ExitCode {
     };
     let command = cli.command.unwrap_or(Command::Serve);
     if let Command::CheckConfig = command {
+        for warning in &config.warnings {
+            eprintln!("trace-proxy: warning: {warning}");
+        }
         print!("{}", config.to_redacted_toml());
         return ExitCode::SUCCESS;
     }
     init_logging(&config);
+    for warning in &config.warnings {
+        tracing::warn!(%warning, "configuration warning");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::duration::Dur;
 use super::problems::Problems;
 
 /// Environment variable that overrides `admin.token`.
@@ -23,7 +24,7 @@ pub struct RawAdmin {
     pub listen: String,
     pub token: String,
     pub pool_size: usize,
-    pub statement_timeout_ms: u64,
+    pub statement_timeout: Dur,
     pub max_response_bytes: u64,
 }
 
@@ -33,7 +34,7 @@ impl Default for RawAdmin {
             listen: "127.0.0.1:9090".into(),
             token: String::new(),
             pool_size: 2,
-            statement_timeout_ms: 2_000,
+            statement_timeout: Dur::secs(2),
             max_response_bytes: 1_048_576,
         }
     }
@@ -112,7 +113,7 @@ pub(super) fn check(r: &RawAdmin, p: &mut Problems) -> Option<AdminConfig> {
             format!("({}) must be between 1 and 64", r.pool_size),
         );
     }
-    p.positive("admin.statement_timeout_ms", r.statement_timeout_ms);
+    p.positive("admin.statement_timeout", r.statement_timeout.millis());
     if !BUDGET_RANGE.contains(&r.max_response_bytes) {
         p.at(
             "admin.max_response_bytes",
@@ -128,7 +129,7 @@ pub(super) fn check(r: &RawAdmin, p: &mut Problems) -> Option<AdminConfig> {
         listen: listen?,
         token,
         pool_size: r.pool_size,
-        statement_timeout: Duration::from_millis(r.statement_timeout_ms),
+        statement_timeout: r.statement_timeout.0,
         max_response_bytes: usize::try_from(r.max_response_bytes).unwrap_or(usize::MAX),
     })
 }

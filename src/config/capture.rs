@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::duration::Dur;
 use super::problems::Problems;
 
 /// `[capture]` as written.
@@ -12,14 +13,14 @@ use super::problems::Problems;
 #[serde(default)]
 pub struct RawCapture {
     pub max_payload_bytes: usize,
-    pub in_progress_after_ms: u64,
+    pub in_progress_after: Dur,
 }
 
 impl Default for RawCapture {
     fn default() -> Self {
         Self {
             max_payload_bytes: 65_536,
-            in_progress_after_ms: 2_000,
+            in_progress_after: Dur::secs(2),
         }
     }
 }
@@ -36,7 +37,6 @@ pub(super) fn check(c: &RawCapture, p: &mut Problems) -> Option<CaptureConfig> {
     p.positive("capture.max_payload_bytes", c.max_payload_bytes as u64);
     Some(CaptureConfig {
         max_payload_bytes: c.max_payload_bytes,
-        in_progress_after: (c.in_progress_after_ms > 0)
-            .then(|| Duration::from_millis(c.in_progress_after_ms)),
+        in_progress_after: c.in_progress_after.nonzero(),
     })
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::duration::Dur;
 use super::problems::Problems;
 
 /// `[database]` as written.
@@ -15,13 +16,13 @@ pub struct RawDatabase {
     pub url: String,
     pub on_unavailable: OnUnavailable,
     pub pool_size: usize,
-    pub pool_wait_timeout_ms: u64,
-    pub connect_timeout_ms: u64,
-    pub statement_timeout_ms: u64,
-    pub insert_timeout_ms: u64,
+    pub pool_wait_timeout: Dur,
+    pub connect_timeout: Dur,
+    pub statement_timeout: Dur,
+    pub insert_timeout: Dur,
     pub writer_tasks: usize,
     pub max_batch_rows: usize,
-    pub finish_linger_ms: u64,
+    pub finish_linger: Dur,
     pub run_migrations: bool,
 }
 
@@ -31,13 +32,13 @@ impl Default for RawDatabase {
             url: "postgres://postgres@127.0.0.1:5432/postgres".into(),
             on_unavailable: OnUnavailable::Spool,
             pool_size: 8,
-            pool_wait_timeout_ms: 2_000,
-            connect_timeout_ms: 2_000,
-            statement_timeout_ms: 5_000,
-            insert_timeout_ms: 3_000,
+            pool_wait_timeout: Dur::secs(2),
+            connect_timeout: Dur::secs(2),
+            statement_timeout: Dur::secs(5),
+            insert_timeout: Dur::secs(3),
             writer_tasks: 2,
             max_batch_rows: 256,
-            finish_linger_ms: 5,
+            finish_linger: Dur::ms(5),
             run_migrations: true,
         }
     }
@@ -85,10 +86,10 @@ impl DatabaseConfig {
 /// Checks `[database]`, pushing every problem.
 pub(super) fn check(d: &RawDatabase, p: &mut Problems) -> Option<DatabaseConfig> {
     p.positive("database.pool_size", d.pool_size as u64);
-    p.positive("database.pool_wait_timeout_ms", d.pool_wait_timeout_ms);
-    p.positive("database.connect_timeout_ms", d.connect_timeout_ms);
-    p.positive("database.statement_timeout_ms", d.statement_timeout_ms);
-    p.positive("database.insert_timeout_ms", d.insert_timeout_ms);
+    p.positive("database.pool_wait_timeout", d.pool_wait_timeout.millis());
+    p.positive("database.connect_timeout", d.connect_timeout.millis());
+    p.positive("database.statement_timeout", d.statement_timeout.millis());
+    p.positive("database.insert_timeout", d.insert_timeout.millis());
     p.positive("database.writer_tasks", d.writer_tasks as u64);
     p.positive("database.max_batch_rows", d.max_batch_rows as u64);
     if d.writer_tasks > d.pool_size {
@@ -107,13 +108,13 @@ pub(super) fn check(d: &RawDatabase, p: &mut Problems) -> Option<DatabaseConfig>
         pg: pg?,
         on_unavailable: d.on_unavailable,
         pool_size: d.pool_size,
-        pool_wait_timeout: Duration::from_millis(d.pool_wait_timeout_ms),
-        connect_timeout: Duration::from_millis(d.connect_timeout_ms),
-        statement_timeout: Duration::from_millis(d.statement_timeout_ms),
-        insert_timeout: Duration::from_millis(d.insert_timeout_ms),
+        pool_wait_timeout: d.pool_wait_timeout.0,
+        connect_timeout: d.connect_timeout.0,
+        statement_timeout: d.statement_timeout.0,
+        insert_timeout: d.insert_timeout.0,
         writer_tasks: d.writer_tasks,
         max_batch_rows: d.max_batch_rows,
-        finish_linger: Duration::from_millis(d.finish_linger_ms),
+        finish_linger: d.finish_linger.0,
         run_migrations: d.run_migrations,
     })
 }

@@ -7,6 +7,8 @@ mod admin;
 mod capture;
 mod correlation;
 mod database;
+mod deprecated;
+mod duration;
 mod log;
 mod problems;
 mod raw;
@@ -80,6 +82,9 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Sorted longest prefix first, so the first match is the longest.
     pub routes: Vec<Route>,
+    /// What is accepted but should change (deprecated keys): logged at startup, printed by
+    /// `check-config`.
+    pub warnings: Vec<String>,
     raw: Unprinted,
 }
 
@@ -129,7 +134,7 @@ impl Config {
     /// Parses one TOML document with no overlay and no environment (tests, embedding).
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
         let mut p = Problems::default();
-        let doc = source::parse("TOML", text, &mut p);
+        let doc = source::parse("config", text, &mut p);
         let raw = RawConfig::read(doc, &mut p);
         check(raw, None, p)
     }
@@ -162,6 +167,7 @@ fn check(
     environment: Option<String>,
     mut p: Problems,
 ) -> Result<Config, ConfigError> {
+    let warnings = p.take_warnings();
     let p = &mut p;
     let server = server::check(&raw.server, p);
     let database = database::check(&raw.database, p);
@@ -190,6 +196,7 @@ fn check(
             spool: spool?,
             admin: admin?,
             routes: routes?,
+            warnings,
             raw: Unprinted(raw),
         })
     })();

@@ -2,7 +2,7 @@
 //! reported at once — and never one about a value that only stands in for something that could
 //! not be read (a wrong type, an unset variable, a line lost to a TOML syntax error).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Display;
 
 #[derive(Debug, Default)]
@@ -14,6 +14,10 @@ pub(super) struct Problems {
     /// Parts of a document were lost to syntax errors: a missing key or entry, or a relation
     /// between two keys, can no longer be judged.
     incomplete: bool,
+    /// Not problems: deprecated keys, said once at startup and by `check-config`.
+    warnings: Vec<String>,
+    /// Key path → how it was written, for a value that came from a deprecated key.
+    aliases: BTreeMap<String, String>,
 }
 
 impl Problems {
@@ -31,7 +35,34 @@ impl Problems {
 
     /// A problem with `key`'s own value, reported as "`key` problem".
     pub fn at(&mut self, key: &str, problem: impl Display) {
-        self.about(key, format!("`{key}` {problem}"));
+        self.about(key, format!("{} {problem}", self.name(key)));
+    }
+
+    /// `key` quoted for a problem, with how it was written when that was a deprecated key.
+    pub fn name(&self, key: &str) -> String {
+        match self.aliases.get(key) {
+            Some(written) => format!("`{key}` (written as `{written}`)"),
+            None => format!("`{key}`"),
+        }
+    }
+
+    /// Something to say that is not a problem.
+    pub fn warn(&mut self, warning: String) {
+        self.warnings.push(warning);
+    }
+
+    /// `key`'s value was written as `written` (a deprecated key).
+    pub fn alias(&mut self, key: &str, written: &str) {
+        self.aliases.insert(key.to_owned(), written.to_owned());
+    }
+
+    /// `key` was written again in its own name, over an earlier deprecated form.
+    pub fn unalias(&mut self, key: &str) {
+        self.aliases.remove(key);
+    }
+
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
     }
 
     /// A problem with `key`'s own value; `problem` names it.

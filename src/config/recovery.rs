@@ -5,26 +5,27 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::duration::Dur;
 use super::problems::Problems;
 
-/// Longest heartbeat accepted (an hour).
-const MAX_HEARTBEAT_SECS: u64 = 3_600;
+/// Heartbeats accepted: from a second to an hour.
+const HEARTBEAT: std::ops::RangeInclusive<Dur> = Dur::secs(1)..=Dur::secs(3_600);
 /// Longest staleness accepted (30 days): beyond that, orphans would wait for retention instead.
-const MAX_STALE_AFTER_SECS: u64 = 30 * 24 * 3_600;
+const MAX_STALE_AFTER: Dur = Dur::days(30);
 
 /// `[recovery]` as written.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct RawRecovery {
-    pub heartbeat_secs: u64,
-    pub stale_after_secs: u64,
+    pub heartbeat: Dur,
+    pub stale_after: Dur,
 }
 
 impl Default for RawRecovery {
     fn default() -> Self {
         Self {
-            heartbeat_secs: 10,
-            stale_after_secs: 600,
+            heartbeat: Dur::secs(10),
+            stale_after: Dur::secs(600),
         }
     }
 }
@@ -40,37 +41,38 @@ pub struct RecoveryConfig {
 
 /// Checks `[recovery]`, pushing every problem.
 pub(super) fn check(raw: &RawRecovery, p: &mut Problems) -> Option<RecoveryConfig> {
-    if !(1..=MAX_HEARTBEAT_SECS).contains(&raw.heartbeat_secs) {
+    if !HEARTBEAT.contains(&raw.heartbeat) {
         p.at(
-            "recovery.heartbeat_secs",
+            "recovery.heartbeat",
             format!(
-                "({}) must be between 1 and {MAX_HEARTBEAT_SECS}",
-                raw.heartbeat_secs
+                "({}) must be between {} and {}",
+                raw.heartbeat,
+                HEARTBEAT.start(),
+                HEARTBEAT.end()
             ),
         );
     }
     // Two heartbeats at least: one late heartbeat must not make a live proxy look dead.
-    let min_stale = raw.heartbeat_secs.saturating_mul(2).max(2);
-    if raw.stale_after_secs > MAX_STALE_AFTER_SECS {
+    let min_stale = Dur(raw.heartbeat.0.saturating_mul(2)).max(Dur::secs(2));
+    if raw.stale_after > MAX_STALE_AFTER {
         p.at(
-            "recovery.stale_after_secs",
-            format!(
-                "({}) must be at most {MAX_STALE_AFTER_SECS}",
-                raw.stale_after_secs
-            ),
+            "recovery.stale_after",
+            format!("({}) must be at most {MAX_STALE_AFTER}", raw.stale_after),
         );
-    } else if raw.stale_after_secs < min_stale {
+    } else if raw.stale_after < min_stale {
         p.between(
-            &["recovery.stale_after_secs", "recovery.heartbeat_secs"],
+            &["recovery.stale_after", "recovery.heartbeat"],
             format!(
-                "`recovery.stale_after_secs` ({}) must be at least twice `recovery.heartbeat_secs` ({min_stale})",
-                raw.stale_after_secs
+                "{} ({}) must be at least twice {} ({min_stale})",
+                p.name("recovery.stale_after"),
+                raw.stale_after,
+                p.name("recovery.heartbeat"),
             ),
         );
     }
     Some(RecoveryConfig {
-        heartbeat: Duration::from_secs(raw.heartbeat_secs),
-        stale_after: Duration::from_secs(raw.stale_after_secs),
+        heartbeat: raw.heartbeat.0,
+        stale_after: raw.stale_after.0,
     })
 }
 
@@ -78,12 +80,12 @@ pub(super) fn check(raw: &RawRecovery, p: &mut Problems) -> Option<RecoveryConfi
 mod tests {
     use super::*;
 
-    fn problems(heartbeat_secs: u64, stale_after_secs: u64) -> Vec<String> {
+    fn problems(heartbeat: u64, stale_after: u64) -> Vec<String> {
         let mut p = Problems::default();
         let c = check(
             &RawRecovery {
-                heartbeat_secs,
-                stale_after_secs,
+                heartbeat: Dur::secs(heartbeat),
+                stale_after: Dur::secs(stale_after),
             },
             &mut p,
         );
@@ -99,8 +101,8 @@ mod tests {
         assert_eq!(c.stale_after, Duration::from_secs(600));
         assert!(problems(1, 2).is_empty());
         let all = problems(0, 0).join("\n");
-        assert!(all.contains("recovery.heartbeat_secs"), "{all}");
-        assert!(all.contains("recovery.stale_after_secs"), "{all}");
+        assert!(all.contains("recovery.heartbeat"), "{all}");
+        assert!(all.contains("recovery.stale_after"), "{all}");
         assert_eq!(
             problems(10, 19).len(),
             1,

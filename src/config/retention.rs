@@ -5,32 +5,33 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::duration::Dur;
 use super::problems::Problems;
 
 /// Longest retention accepted, in days (a century).
-const MAX_RETENTION_DAYS: u32 = 36_500;
+const MAX_RETENTION_DAYS: u64 = 36_500;
 /// Largest archive batch accepted: bounded transactions are the point.
 const MAX_RETENTION_BATCH: u32 = 100_000;
 /// Longest scheduler interval accepted (a year).
-const MAX_RETENTION_INTERVAL_SECS: u64 = 366 * 24 * 3600;
+const MAX_RETENTION_INTERVAL: Dur = Dur::days(366);
 
 /// `[retention]` as written.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct RawRetention {
-    pub detail_days: u32,
-    pub summary_days: u32,
+    pub detail_max_age: Dur,
+    pub summary_max_age: Dur,
     pub batch_size: u32,
-    pub interval_secs: u64,
+    pub interval: Dur,
 }
 
 impl Default for RawRetention {
     fn default() -> Self {
         Self {
-            detail_days: 30,
-            summary_days: 0,
+            detail_max_age: Dur::days(30),
+            summary_max_age: Dur::default(),
             batch_size: 5_000,
-            interval_secs: 3_600,
+            interval: Dur::secs(3_600),
         }
     }
 }
@@ -50,31 +51,43 @@ pub struct RetentionConfig {
 
 /// Checks `[retention]`, pushing every problem.
 pub(super) fn check(r: &RawRetention, p: &mut Problems) -> Option<RetentionConfig> {
-    if !(1..=MAX_RETENTION_DAYS).contains(&r.detail_days) {
+    let days = |d: Dur| {
+        d.whole_days()
+            .filter(|d| (1..=MAX_RETENTION_DAYS).contains(d))
+    };
+    let detail_days = days(r.detail_max_age);
+    if detail_days.is_none() {
         p.at(
-            "retention.detail_days",
+            "retention.detail_max_age",
             format!(
-                "({}) must be between 1 and {MAX_RETENTION_DAYS} (to stop the proxy running retention, set `retention.interval_secs = 0`)",
-                r.detail_days
+                "({}) must be a whole number of days between 1d and {MAX_RETENTION_DAYS}d (to stop the proxy running retention, set `retention.interval = \"0\"`)",
+                r.detail_max_age
             ),
         );
     }
-    if r.summary_days > MAX_RETENTION_DAYS {
+    let summary_days = days(r.summary_max_age);
+    if !r.summary_max_age.is_zero() && summary_days.is_none() {
         p.at(
-            "retention.summary_days",
+            "retention.summary_max_age",
             format!(
-                "({}) must be 0 (keep forever) or at most {MAX_RETENTION_DAYS}",
-                r.summary_days
+                "({}) must be \"0\" (keep forever) or a whole number of days up to {MAX_RETENTION_DAYS}d",
+                r.summary_max_age
             ),
         );
-    } else if r.summary_days != 0 && r.summary_days < r.detail_days {
-        p.between(
-            &["retention.summary_days", "retention.detail_days"],
-            format!(
-                "`retention.summary_days` ({}) must be 0 (keep forever) or at least `retention.detail_days` ({})",
-                r.summary_days, r.detail_days
-            ),
-        );
+    }
+    if let (Some(summary), Some(detail)) = (summary_days, detail_days) {
+        if summary < detail {
+            p.between(
+                &["retention.summary_max_age", "retention.detail_max_age"],
+                format!(
+                    "{} ({}) must be \"0\" (keep forever) or at least {} ({})",
+                    p.name("retention.summary_max_age"),
+                    r.summary_max_age,
+                    p.name("retention.detail_max_age"),
+                    r.detail_max_age
+                ),
+            );
+        }
     }
     if !(1..=MAX_RETENTION_BATCH).contains(&r.batch_size) {
         p.at(
@@ -85,19 +98,19 @@ pub(super) fn check(r: &RawRetention, p: &mut Problems) -> Option<RetentionConfi
             ),
         );
     }
-    if r.interval_secs > MAX_RETENTION_INTERVAL_SECS {
+    if r.interval > MAX_RETENTION_INTERVAL {
         p.at(
-            "retention.interval_secs",
+            "retention.interval",
             format!(
-                "({}) must be at most {MAX_RETENTION_INTERVAL_SECS} (a year); 0 = never",
-                r.interval_secs
+                "({}) must be at most {MAX_RETENTION_INTERVAL} (a year); \"0\" = never",
+                r.interval
             ),
         );
     }
     Some(RetentionConfig {
-        detail_days: r.detail_days,
-        summary_days: (r.summary_days > 0).then_some(r.summary_days),
+        detail_days: u32::try_from(detail_days?).ok()?,
+        summary_days: summary_days.and_then(|d| u32::try_from(d).ok()),
         batch_size: r.batch_size,
-        interval: (r.interval_secs > 0).then(|| Duration::from_secs(r.interval_secs)),
+        interval: r.interval.nonzero(),
     })
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use http::Uri;
 use serde::{Deserialize, Serialize};
 
+use super::duration::Dur;
 use super::problems::Problems;
 use super::sanitize::RawRouteSanitize;
 use crate::retry::RetryPolicy;
@@ -55,8 +56,8 @@ pub struct RawRetry {
     pub max_attempts: u32,
     pub retry_on_status: Vec<u16>,
     pub retry_non_idempotent: bool,
-    pub backoff_initial_ms: u64,
-    pub backoff_max_ms: u64,
+    pub backoff_initial: Dur,
+    pub backoff_max: Dur,
 }
 
 impl Default for RawRetry {
@@ -65,8 +66,8 @@ impl Default for RawRetry {
             max_attempts: 1,
             retry_on_status: vec![502, 503, 504],
             retry_non_idempotent: false,
-            backoff_initial_ms: 100,
-            backoff_max_ms: 2000,
+            backoff_initial: Dur::ms(100),
+            backoff_max: Dur::secs(2),
         }
     }
 }
@@ -234,8 +235,8 @@ fn retry(r: &RawRetry, at: &str, key: &str, p: &mut Problems) -> Option<RetryPol
         r.max_attempts,
         r.retry_on_status.clone(),
         r.retry_non_idempotent,
-        r.backoff_initial_ms,
-        r.backoff_max_ms,
+        r.backoff_initial.millis(),
+        r.backoff_max.millis(),
     )
     .map_err(|e| p.push(format!("{at}: `retry`: {e}")))
     .ok()

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::duration::Dur;
 use super::problems::Problems;
 
 /// `[server]` as written.
@@ -14,10 +15,10 @@ use super::problems::Problems;
 pub struct RawServer {
     pub listen: String,
     pub max_connections: usize,
-    pub header_read_timeout_ms: u64,
-    pub request_body_timeout_ms: u64,
+    pub header_read_timeout: Dur,
+    pub request_body_timeout: Dur,
     pub max_request_body_bytes: u64,
-    pub shutdown_timeout_ms: u64,
+    pub shutdown_timeout: Dur,
 }
 
 impl Default for RawServer {
@@ -25,10 +26,10 @@ impl Default for RawServer {
         Self {
             listen: "0.0.0.0:8080".into(),
             max_connections: 10_000,
-            header_read_timeout_ms: 10_000,
-            request_body_timeout_ms: 30_000,
+            header_read_timeout: Dur::secs(10),
+            request_body_timeout: Dur::secs(30),
             max_request_body_bytes: 100 * 1024 * 1024,
-            shutdown_timeout_ms: 30_000,
+            shutdown_timeout: Dur::secs(30),
         }
     }
 }
@@ -48,15 +49,18 @@ pub struct ServerConfig {
 pub(super) fn check(s: &RawServer, p: &mut Problems) -> Option<ServerConfig> {
     let listen = socket_addr("server.listen", &s.listen, "", p);
     p.positive("server.max_connections", s.max_connections as u64);
-    p.positive("server.header_read_timeout_ms", s.header_read_timeout_ms);
-    p.positive("server.request_body_timeout_ms", s.request_body_timeout_ms);
+    p.positive("server.header_read_timeout", s.header_read_timeout.millis());
+    p.positive(
+        "server.request_body_timeout",
+        s.request_body_timeout.millis(),
+    );
     Some(ServerConfig {
         listen: listen?,
         max_connections: s.max_connections,
-        header_read_timeout: Duration::from_millis(s.header_read_timeout_ms),
-        request_body_timeout: Duration::from_millis(s.request_body_timeout_ms),
+        header_read_timeout: s.header_read_timeout.0,
+        request_body_timeout: s.request_body_timeout.0,
         max_request_body_bytes: (s.max_request_body_bytes > 0).then_some(s.max_request_body_bytes),
-        shutdown_timeout: Duration::from_millis(s.shutdown_timeout_ms),
+        shutdown_timeout: s.shutdown_timeout.0,
     })
 }
 

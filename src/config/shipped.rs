@@ -4,6 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use super::deprecated::RENAMED;
+use super::duration::Dur;
 use super::problems::Problems;
 use super::raw::RawConfig;
 use super::routes::{RawRetry, RawRoute};
@@ -59,6 +61,7 @@ fn proxy_toml_states_exactly_the_defaults() {
     let doc: toml::Table = shipped("proxy.toml").parse().expect("proxy.toml parses");
     let mut p = Problems::default();
     let raw = RawConfig::read(doc.clone(), &mut p);
+    assert_eq!(p.take_warnings(), Vec::<String>::new());
     p.finish(Some(())).expect("proxy.toml reads cleanly");
     let defaults = defaults();
     let read = table(&raw);
@@ -131,10 +134,27 @@ fn readme_documents_every_key_with_its_default() {
                 continue;
             };
             assert_eq!(
-                Some(&value["v"]),
-                default.get(key),
+                Some(comparable(&value["v"])),
+                default.get(key).map(comparable),
                 "README default of `{section}.{key}`"
             );
         }
+    }
+}
+
+/// A value to compare: a duration by its length (`"120s"` is `"2m"`), anything else as is.
+fn comparable(v: &toml::Value) -> toml::Value {
+    match v.as_str().map(str::parse::<Dur>) {
+        Some(Ok(d)) => toml::Value::Integer(d.millis() as i64),
+        _ => v.clone(),
+    }
+}
+
+#[test]
+fn readme_lists_every_deprecated_key() {
+    let readme = shipped("README.md");
+    for (table, old, new, _) in RENAMED {
+        let row = format!("| `{table}.{old}` | `{table}.{new}` |");
+        assert!(readme.contains(&row), "README lacks {row}");
     }
 }

@@ -1,5 +1,6 @@
 //! Where the configuration comes from: the file given by `--config`, the overlay
-//! `config/<env>.toml` beside it, merged key by key into one TOML document.
+//! `config/<env>.toml` beside it, each with its deprecated keys renamed, merged key by key into
+//! one TOML document.
 
 use std::path::{Path, PathBuf};
 
@@ -44,12 +45,15 @@ fn read_file(path: &Path, p: &mut Problems) -> Result<toml::Table, ConfigError> 
     Ok(parse(&path.display().to_string(), &text, p))
 }
 
-/// One document; a syntax error is reported and leaves the document empty.
+/// One document, its deprecated keys renamed; a syntax error is reported and leaves the
+/// document empty.
 pub(super) fn parse(name: &str, text: &str, p: &mut Problems) -> toml::Table {
-    text.parse::<toml::Table>().unwrap_or_else(|e| {
+    let mut doc = text.parse::<toml::Table>().unwrap_or_else(|e| {
         p.push(format!("{name}: TOML syntax: {e}"));
         toml::Table::new()
-    })
+    });
+    super::deprecated::rename(name, &mut doc, p);
+    doc
 }
 
 /// Overlay tables merge key by key; any other value (arrays included) replaces.

@@ -234,3 +234,71 @@ fn overlay_then_environment_overrides() {
     assert_eq!(c.database.pg.get_dbname(), Some("primary"));
     assert_eq!(c.spool.dir, PathBuf::from("/data/spool"));
 }
+
+#[test]
+fn deprecated_duration_keys_still_work_with_a_warning() {
+    let text = format!(
+        "[server]\nshutdown_timeout_ms = 1500\n[retention]\ndetail_days = 7\ninterval_secs = 0\n\
+         {MINIMAL}\n[routes.retry]\nmax_attempts = 2\nbackoff_initial_ms = 10\n"
+    );
+    let c = Config::from_toml_str(&text).expect("valid");
+    assert_eq!(c.server.shutdown_timeout, Duration::from_millis(1500));
+    assert_eq!(c.retention.detail_days, 7);
+    assert_eq!(c.retention.interval, None);
+    let warnings = c.warnings.join("\n");
+    for expected in [
+        "`server.shutdown_timeout_ms = 1500` is deprecated; write `shutdown_timeout = \"1500ms\"`",
+        "`retention.detail_days = 7` is deprecated; write `detail_max_age = \"7d\"`",
+        "`retention.interval_secs = 0` is deprecated; write `interval = \"0\"`",
+        "`routes.0.retry.backoff_initial_ms = 10` is deprecated; write `backoff_initial = \"10ms\"`",
+    ] {
+        assert!(warnings.contains(expected), "{expected} not in:\n{warnings}");
+    }
+    assert_eq!(c.warnings.len(), 4, "{warnings}");
+    let printed = c.to_redacted_toml();
+    assert!(
+        printed.contains("shutdown_timeout = \"1500ms\""),
+        "{printed}"
+    );
+    assert!(
+        !printed.contains("_ms =") && !printed.contains("_days ="),
+        "{printed}"
+    );
+    assert!(Config::from_toml_str(MINIMAL)
+        .expect("valid")
+        .warnings
+        .is_empty());
+
+    // Problems name the key as it was written.
+    let text = format!("[retention]\ndetail_days = 0\n[server]\nshutdown_timeout_ms = \"x\"\nheader_read_timeout_ms = 1\nheader_read_timeout = \"1s\"\n{MINIMAL}");
+    let Err(ConfigError::Invalid(problems)) = Config::from_toml_str(&text) else {
+        panic!("expected invalid config");
+    };
+    let all = problems.join("\n");
+    for expected in [
+        "`retention.detail_max_age` (written as `retention.detail_days = 0`)",
+        "`server.shutdown_timeout`: `shutdown_timeout_ms` must be a whole number of milliseconds, got \"x\"",
+        "`server.header_read_timeout_ms` and `server.header_read_timeout` are both set",
+    ] {
+        assert!(all.contains(expected), "{expected} not in:\n{all}");
+    }
+    assert_eq!(problems.len(), 3, "{all}");
+
+    // Each file is renamed before the overlay merges: an overlay's old key overrides the new one.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("config")).expect("mkdir");
+    let main = dir.path().join("proxy.toml");
+    std::fs::write(
+        &main,
+        format!("[server]\nshutdown_timeout = \"30s\"\n{MINIMAL}"),
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("config/old.toml"),
+        "[server]\nshutdown_timeout_ms = 250\n",
+    )
+    .expect("write");
+    let c = Config::load_with(&main, Some("old"), &|_| None).expect("valid");
+    assert_eq!(c.server.shutdown_timeout, Duration::from_millis(250));
+    assert!(c.warnings[0].contains("config/old.toml: `server.shutdown_timeout_ms = 250`"));
+}

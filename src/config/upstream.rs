@@ -5,16 +5,17 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::duration::Dur;
 use super::problems::Problems;
 
 /// `[upstream]` as written.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct RawUpstream {
-    pub connect_timeout_ms: u64,
-    pub response_timeout_ms: u64,
-    pub idle_timeout_ms: u64,
-    pub pool_idle_timeout_ms: u64,
+    pub connect_timeout: Dur,
+    pub response_timeout: Dur,
+    pub idle_timeout: Dur,
+    pub pool_idle_timeout: Dur,
     pub pool_max_idle_per_host: usize,
     pub tls_roots: TlsRoots,
     pub ca_file: String,
@@ -24,10 +25,10 @@ pub struct RawUpstream {
 impl Default for RawUpstream {
     fn default() -> Self {
         Self {
-            connect_timeout_ms: 5_000,
-            response_timeout_ms: 120_000,
-            idle_timeout_ms: 300_000,
-            pool_idle_timeout_ms: 90_000,
+            connect_timeout: Dur::secs(5),
+            response_timeout: Dur::secs(120),
+            idle_timeout: Dur::secs(300),
+            pool_idle_timeout: Dur::secs(90),
             pool_max_idle_per_host: 64,
             tls_roots: TlsRoots::Webpki,
             ca_file: String::new(),
@@ -62,8 +63,8 @@ pub struct UpstreamConfig {
 
 /// Checks `[upstream]`, pushing every problem.
 pub(super) fn check(u: &RawUpstream, p: &mut Problems) -> Option<UpstreamConfig> {
-    p.positive("upstream.connect_timeout_ms", u.connect_timeout_ms);
-    p.positive("upstream.response_timeout_ms", u.response_timeout_ms);
+    p.positive("upstream.connect_timeout", u.connect_timeout.millis());
+    p.positive("upstream.response_timeout", u.response_timeout.millis());
     let ca_file = (!u.ca_file.is_empty()).then(|| PathBuf::from(&u.ca_file));
     if let Some(f) = &ca_file {
         if !f.is_file() {
@@ -77,10 +78,10 @@ pub(super) fn check(u: &RawUpstream, p: &mut Problems) -> Option<UpstreamConfig>
         );
     }
     Some(UpstreamConfig {
-        connect_timeout: Duration::from_millis(u.connect_timeout_ms),
-        response_timeout: Duration::from_millis(u.response_timeout_ms),
-        idle_timeout: (u.idle_timeout_ms > 0).then(|| Duration::from_millis(u.idle_timeout_ms)),
-        pool_idle_timeout: Duration::from_millis(u.pool_idle_timeout_ms),
+        connect_timeout: u.connect_timeout.0,
+        response_timeout: u.response_timeout.0,
+        idle_timeout: u.idle_timeout.nonzero(),
+        pool_idle_timeout: u.pool_idle_timeout.0,
         pool_max_idle_per_host: u.pool_max_idle_per_host,
         tls_roots: u.tls_roots,
         ca_file,

@@ -33,6 +33,16 @@ impl Problems {
         self.unread.insert(key.to_owned());
     }
 
+    /// `key` was left out for a reason another problem states: nothing more is said about it.
+    pub fn left_out(&mut self, key: &str) {
+        self.unread.insert(key.to_owned());
+    }
+
+    /// Marks the configuration as missing whatever syntax errors swallowed.
+    pub fn set_incomplete(&mut self) {
+        self.incomplete = true;
+    }
+
     /// A problem with `key`'s own value, reported as "`key` problem".
     pub fn at(&mut self, key: &str, problem: impl Display) {
         self.about(key, format!("{} {problem}", self.name(key)));
@@ -137,7 +147,7 @@ mod tests {
         assert!(p.any_unread_in("routes.0") && p.any_unread_in("routes"));
         assert!(!p.any_unread_in("route") && !p.is_unread("routes.0.retryx"));
         assert_eq!(p.found.len(), 2, "{:?}", p.found);
-        p.incomplete = true;
+        p.set_incomplete();
         p.between(&["a", "b"], "dropped");
         p.absent("routes", "dropped");
         p.at("server.listen", "still reported");

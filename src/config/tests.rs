@@ -302,3 +302,99 @@ fn deprecated_duration_keys_still_work_with_a_warning() {
     assert_eq!(c.server.shutdown_timeout, Duration::from_millis(250));
     assert!(c.warnings[0].contains("config/old.toml: `server.shutdown_timeout_ms = 250`"));
 }
+
+fn problems(text: &str) -> Vec<String> {
+    match Config::from_toml_str(text) {
+        Err(ConfigError::Invalid(problems)) => problems,
+        other => panic!("expected invalid config, got {other:?}"),
+    }
+}
+
+#[test]
+fn syntax_and_type_errors_hide_nothing_and_add_nothing_false() {
+    // Two broken lines (one in [server], one a [[routes]] header) and a bad value elsewhere:
+    // all three reported, nothing about what the broken lines may have held.
+    let text = "[server]\nlisten = \"0.0.0.0:8080\"\nmax_connections = = 3\n\
+                [database]\non_unavailable = \"maybe\"\n\
+                [[routes]]\nname = \"n8n\"\nupstream = \"http://127.0.0.1:5678\"\n\
+                source_service = \"a\"\ndestination_service = \"b\"\n[[routes]\nname = \"x\n";
+    let found = problems(text);
+    let all = found.join("\n");
+    assert!(
+        all.contains("config line 3, column 19: TOML syntax: extra `=`"),
+        "{all}"
+    );
+    assert!(
+        all.contains("config line 11, column 10: TOML syntax: unclosed array table"),
+        "{all}"
+    );
+    assert!(
+        all.contains("`database.on_unavailable`: unknown variant `maybe`"),
+        "{all}"
+    );
+    assert!(
+        !all.contains("[[routes]]") && !all.contains("server."),
+        "{all}"
+    );
+    assert_eq!(
+        found.iter().filter(|p| !p.contains("TOML syntax")).count(),
+        1,
+        "{all}"
+    );
+
+    // Values of the wrong type: each named, the rest checked, nothing about their stand-ins
+    // (the default writer_tasks would exceed pool_size = 1).
+    let text = format!(
+        "[server]\nlisten = 5\nmax_connections = 0\n[database]\npool_size = \"x\"\n\
+         [admin]\npool_size = 1\n{MINIMAL}"
+    );
+    let found = problems(&text);
+    assert_eq!(
+        found,
+        [
+            "`database.pool_size`: invalid type: string \"x\", expected usize",
+            "`server.listen`: invalid type: integer `5`, expected a string",
+            "`server.max_connections` must be greater than 0",
+        ]
+    );
+    let text = "[database]\npool_size = 1\nwriter_tasks = \"x\"\n";
+    assert_eq!(
+        problems(text).len(),
+        2,
+        "writer_tasks and the missing route"
+    );
+
+    // A [[routes]] that cannot be read is not "missing".
+    assert_eq!(
+        problems("routes = 5\n"),
+        ["`routes`: must be an array of tables (`[[routes]]`)"]
+    );
+    assert_eq!(
+        problems("[[routes]]\nname = 5\nupstream = \"http://x\"\nsource_service = \"a\"\ndestination_service = \"b\"\n"),
+        ["`routes.0.name`: invalid type: integer `5`, expected a string"]
+    );
+
+    // A broken overlay leaves the file's own problems reported.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("config")).expect("mkdir");
+    let main = dir.path().join("proxy.toml");
+    std::fs::write(
+        &main,
+        format!("[capture]\nmax_payload_bytes = 0\n{MINIMAL}"),
+    )
+    .expect("write");
+    std::fs::write(dir.path().join("config/bad.toml"), "[log\n").expect("write");
+    let Err(ConfigError::Invalid(found)) = Config::load_with(&main, Some("bad"), &|_| None) else {
+        panic!("expected invalid config");
+    };
+    let all = found.join("\n");
+    assert!(
+        all.contains("config/bad.toml line 1, column 5: TOML syntax"),
+        "{all}"
+    );
+    assert!(
+        all.contains("`capture.max_payload_bytes` must be greater than 0"),
+        "{all}"
+    );
+    assert_eq!(found.len(), 2, "{all}");
+}

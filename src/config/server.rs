@@ -1,6 +1,6 @@
 //! `[server]`: the proxy's own listener, its connection limits and client timeouts.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -64,9 +64,23 @@ pub(super) fn check(s: &RawServer, p: &mut Problems) -> Option<ServerConfig> {
     })
 }
 
-/// A listen address (`server.listen`, `admin.listen`); `hint` is appended to its problem.
+/// A listen address (`server.listen`, `admin.listen`): `ip:port`, or `host:port` resolved here,
+/// once, when the configuration is read (the first address the system resolver returns is the
+/// one bound). `hint` is appended to its problem.
 pub(super) fn socket_addr(key: &str, v: &str, hint: &str, p: &mut Problems) -> Option<SocketAddr> {
-    SocketAddr::from_str(v)
-        .map_err(|e| p.at(key, format!("{v:?}: {e}{hint}")))
-        .ok()
+    if let Ok(addr) = SocketAddr::from_str(v) {
+        return Some(addr);
+    }
+    let problem = match v.to_socket_addrs() {
+        Ok(mut addrs) => match addrs.next() {
+            Some(addr) => return Some(addr),
+            None => "resolves to no address".to_owned(),
+        },
+        Err(e) => e.to_string(),
+    };
+    p.at(
+        key,
+        format!("{v:?}: {problem} (expected ip:port or host:port, e.g. \"0.0.0.0:8080\" or \"localhost:8080\"){hint}"),
+    );
+    None
 }

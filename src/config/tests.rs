@@ -398,3 +398,24 @@ fn syntax_and_type_errors_hide_nothing_and_add_nothing_false() {
     );
     assert_eq!(found.len(), 2, "{all}");
 }
+
+#[test]
+fn listen_addresses_may_be_host_names_resolved_when_read() {
+    let text = format!(
+        "[server]\nlisten = \"localhost:8080\"\n[admin]\nlisten = \"localhost:0\"\n{MINIMAL}"
+    );
+    let c = Config::from_toml_str(&text).expect("valid");
+    assert!(c.server.listen.ip().is_loopback() && c.server.listen.port() == 8080);
+    assert!(c.admin.serve_on().is_some_and(|a| a.ip().is_loopback()));
+    assert!(c.to_redacted_toml().contains("listen = \"localhost:8080\""));
+    let text = format!(
+        "[server]\nlisten = \"localhost\"\n[admin]\nlisten = \"no-such-host.invalid:1\"\n{MINIMAL}"
+    );
+    let all = problems(&text).join("\n");
+    assert!(all.contains("`server.listen` \"localhost\": "), "{all}");
+    assert!(
+        all.contains("`admin.listen` \"no-such-host.invalid:1\": "),
+        "{all}"
+    );
+    assert!(all.contains("(\"\" turns the admin API off)"), "{all}");
+}

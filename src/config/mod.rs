@@ -46,8 +46,9 @@ use crate::sanitize::Sanitizer;
 
 /// Environment variables read by [`Config::load`].
 pub const ENV_NAME: &str = "TRACE_PROXY_ENV";
+/// Only this one: a bare `DATABASE_URL` is often another program's (`${DATABASE_URL}` in the
+/// file opts in to it).
 pub const ENV_DATABASE_URL: &str = "TRACE_PROXY_DATABASE_URL";
-pub const ENV_DATABASE_URL_FALLBACK: &str = "DATABASE_URL";
 pub const ENV_LISTEN: &str = "TRACE_PROXY_LISTEN";
 pub const ENV_SPOOL_DIR: &str = "TRACE_PROXY_SPOOL_DIR";
 
@@ -116,7 +117,7 @@ impl Config {
         let env_name = env_name.map(str::to_owned).or_else(|| var(ENV_NAME));
         let doc = source::read_layers(path, env_name.as_deref(), &mut p)?;
         let mut raw = RawConfig::read(doc, &mut p);
-        if let Some(url) = var(ENV_DATABASE_URL).or_else(|| var(ENV_DATABASE_URL_FALLBACK)) {
+        if let Some(url) = var(ENV_DATABASE_URL) {
             raw.database.url = url;
         }
         if let Some(listen) = var(ENV_LISTEN) {

@@ -211,7 +211,7 @@ fn overlay_then_environment_overrides() {
     .expect("write");
     let vars = |k: &str| match k {
         "TRACE_PROXY_ENV" => Some("test".to_owned()),
-        "DATABASE_URL" => Some("postgres://u:hunter2@db:5432/x".to_owned()),
+        "TRACE_PROXY_DATABASE_URL" => Some("postgres://u:hunter2@db:5432/x".to_owned()),
         _ => None,
     };
     let c = Config::load_with(&main, None, &vars).expect("valid");
@@ -233,6 +233,10 @@ fn overlay_then_environment_overrides() {
     assert_eq!(c.server.listen.to_string(), "127.0.0.1:3");
     assert_eq!(c.database.pg.get_dbname(), Some("primary"));
     assert_eq!(c.spool.dir, PathBuf::from("/data/spool"));
+    // A bare DATABASE_URL (another program's, as often as not) is not read.
+    let unrelated = |k: &str| (k == "DATABASE_URL").then(|| "postgres://a@h/other".to_owned());
+    let c = Config::load_with(&main, Some("test"), &unrelated).expect("valid");
+    assert_eq!(c.database.pg.get_dbname(), Some("postgres"));
 }
 
 #[test]

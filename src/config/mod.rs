@@ -1,5 +1,5 @@
-//! Configuration: `proxy.toml`, then the `config/<env>.toml` overlay, then environment
-//! overrides. Each `[section]` is read into its raw form (`raw`) and checked into its typed form
+//! Configuration: `proxy.toml`, then the `config/<env>.toml` overlay, `${VAR}` references in
+//! their values, then environment overrides. Each `[section]` is read into its raw form (`raw`) and checked into its typed form
 //! by its own module, reporting every problem at once. Secrets (the database password, the admin
 //! token) never appear in `Debug` or printed output.
 
@@ -9,6 +9,7 @@ mod correlation;
 mod database;
 mod deprecated;
 mod duration;
+mod interpolate;
 mod log;
 mod problems;
 mod raw;
@@ -112,30 +113,33 @@ impl Config {
         env_name: Option<&str>,
         var: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let var = |k: &str| var(k).filter(|v| !v.is_empty());
         let mut p = Problems::default();
-        let env_name = env_name.map(str::to_owned).or_else(|| var(ENV_NAME));
-        let doc = source::read_layers(path, env_name.as_deref(), &mut p)?;
+        let set = |k: &str| var(k).filter(|v| !v.is_empty());
+        let env_name = env_name.map(str::to_owned).or_else(|| set(ENV_NAME));
+        let mut doc = source::read_layers(path, env_name.as_deref(), &mut p)?;
+        interpolate::expand(&mut doc, var, &mut p);
         let mut raw = RawConfig::read(doc, &mut p);
-        if let Some(url) = var(ENV_DATABASE_URL) {
+        if let Some(url) = set(ENV_DATABASE_URL) {
             raw.database.url = url;
         }
-        if let Some(listen) = var(ENV_LISTEN) {
+        if let Some(listen) = set(ENV_LISTEN) {
             raw.server.listen = listen;
         }
-        if let Some(token) = var(ENV_ADMIN_TOKEN) {
+        if let Some(token) = set(ENV_ADMIN_TOKEN) {
             raw.admin.token = token;
         }
-        if let Some(dir) = var(ENV_SPOOL_DIR) {
+        if let Some(dir) = set(ENV_SPOOL_DIR) {
             raw.spool.dir = dir;
         }
         check(raw, env_name, p)
     }
 
-    /// Parses one TOML document with no overlay and no environment (tests, embedding).
+    /// Parses one TOML document with no overlay and no environment (tests, embedding): a
+    /// `${VAR}` in it is unset.
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
         let mut p = Problems::default();
-        let doc = source::parse("config", text, &mut p);
+        let mut doc = source::parse("config", text, &mut p);
+        interpolate::expand(&mut doc, &|_| None, &mut p);
         let raw = RawConfig::read(doc, &mut p);
         check(raw, None, p)
     }

@@ -423,3 +423,46 @@ fn listen_addresses_may_be_host_names_resolved_when_read() {
     );
     assert!(all.contains("(\"\" turns the admin API off)"), "{all}");
 }
+
+#[test]
+fn variables_in_values_come_from_the_environment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("config")).expect("mkdir");
+    let main = dir.path().join("proxy.toml");
+    std::fs::write(
+        &main,
+        "[database]\nurl = \"${DATABASE_URL}\"\n[admin]\nlisten = \"${ADMIN_LISTEN:-127.0.0.1:0}\"\n\
+         [[routes]]\nname = \"n8n\"\nupstream = \"${N8N_URL:-http://127.0.0.1:5678}\"\n\
+         source_service = \"bilko-app\"\ndestination_service = \"n8n\"\n",
+    )
+    .expect("write");
+    // The overlay replaces a reference that could not be expanded: not a problem.
+    std::fs::write(
+        dir.path().join("config/local.toml"),
+        "[database]\nurl = \"postgres://u@db/local\"\n",
+    )
+    .expect("write");
+    let vars = |k: &str| match k {
+        "DATABASE_URL" => Some("postgres://u@db/opted-in".to_owned()),
+        "N8N_URL" => Some("http://n8n:5678/base".to_owned()),
+        _ => None,
+    };
+    let c = Config::load_with(&main, None, &vars).expect("valid");
+    assert_eq!(c.database.pg.get_dbname(), Some("opted-in"));
+    assert_eq!(c.routes[0].upstream_authority.as_str(), "n8n:5678");
+    assert_eq!(c.routes[0].upstream_base_path, "/base");
+    assert_eq!(
+        c.admin.serve_on().map(|a| a.to_string()).as_deref(),
+        Some("127.0.0.1:0")
+    );
+    let c = Config::load_with(&main, Some("local"), &|_| None).expect("valid");
+    assert_eq!(c.database.pg.get_dbname(), Some("local"));
+    assert_eq!(c.routes[0].upstream_authority.as_str(), "127.0.0.1:5678");
+    let Err(ConfigError::Invalid(found)) = Config::load_with(&main, None, &|_| None) else {
+        panic!("expected invalid config");
+    };
+    assert_eq!(
+        found,
+        ["`database.url`: environment variable `DATABASE_URL` is not set (write `${DATABASE_URL:-default}` for a default, `$$` for a literal `$`)"]
+    );
+}

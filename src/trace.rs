@@ -116,6 +116,12 @@ pub fn iso_utc(t: &NaiveDateTime) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
+/// An RFC 3339 time with its zone (`2025-06-01T14:00:00+02:00`), as the UTC wall-clock time the
+/// tables store: the one parser for times given on the command line and to the query API.
+pub fn parse_rfc3339(s: &str) -> Result<NaiveDateTime, chrono::ParseError> {
+    chrono::DateTime::parse_from_rfc3339(s).map(|t| t.naive_utc())
+}
+
 mod utc {
     pub fn serialize<S: serde::Serializer>(
         t: &chrono::NaiveDateTime,

@@ -74,8 +74,8 @@ impl Params {
         let Some(v) = self.get(name) else {
             return Ok(None);
         };
-        chrono::DateTime::parse_from_rfc3339(v)
-            .map(|t| Some(t.naive_utc()))
+        crate::trace::parse_rfc3339(v)
+            .map(Some)
             .map_err(|_| {
                 format!(
                     "`{name}` must be an RFC 3339 time with a zone, e.g. 2025-06-01T12:00:00Z, got {v:?}"

@@ -1,5 +1,6 @@
 //! The `trace-proxy` command: parses the CLI, loads the configuration, runs. No proxy logic.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -23,7 +24,13 @@ struct Cli {
 #[derive(clap::Args, Clone)]
 struct ServeArgs {
     /// The configuration file (`config/<env>.toml` overlays are looked up beside it).
-    #[arg(long, short, global = true, default_value = "proxy.toml")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "TRACE_PROXY_CONFIG",
+        default_value = "proxy.toml"
+    )]
     config: PathBuf,
     /// Environment overlay name (default: $TRACE_PROXY_ENV).
     #[arg(long, global = true)]
@@ -69,19 +76,12 @@ enum RetentionAction {
     /// Run one full pass now and print what it archived and deleted.
     Run {
         /// Act as of this time instead of now (RFC 3339, e.g. 2025-06-01T00:00:00Z).
-        #[arg(long, value_parser = parse_rfc3339)]
+        #[arg(long, value_parser = trace_proxy::api::cli::time_arg)]
         now: Option<chrono::NaiveDateTime>,
         /// Print what a pass would do; change nothing.
         #[arg(long)]
         dry_run: bool,
     },
-}
-
-/// An RFC 3339 time as the UTC wall-clock time the tables store.
-fn parse_rfc3339(s: &str) -> Result<chrono::NaiveDateTime, String> {
-    chrono::DateTime::parse_from_rfc3339(s)
-        .map(|t| t.naive_utc())
-        .map_err(|e| format!("{e} (expected RFC 3339, e.g. 2025-06-01T00:00:00Z)"))
 }
 
 fn main() -> ExitCode {
@@ -97,6 +97,7 @@ fn main() -> ExitCode {
         }
     };
     let command = cli.command.unwrap_or(Command::Serve);
+    let serving = matches!(command, Command::Serve);
     if let Command::CheckConfig = command {
         for warning in &config.warnings {
             eprintln!("trace-proxy: warning: {warning}");
@@ -132,8 +133,12 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "trace-proxy failed");
-            eprintln!("trace-proxy: {e}");
+            // Said once: a service's failure is a log line (JSON where logs are), a command's a
+            // message for the person who ran it.
+            match serving {
+                true => tracing::error!(error = %e, "trace-proxy failed"),
+                false => eprintln!("trace-proxy: {e}"),
+            }
             // A retention pass already running elsewhere is a "try again later" (75).
             e.downcast_ref::<trace_proxy::retention::RetentionError>()
                 .map_or(ExitCode::FAILURE, |r| ExitCode::from(r.exit_code()))
@@ -147,12 +152,19 @@ fn init_logging(config: &Config) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour())
         .with_writer(std::io::stderr);
     if config.log.json {
         builder.json().init();
     } else {
         builder.init();
     }
+}
+
+/// Colour only for a person at a terminal: never in a pipe, a file or a log collector, nor when
+/// `NO_COLOR` is set (<https://no-color.org>).
+fn colour() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 async fn migrate(config: &Config) -> Result<(), Box<dyn std::error::Error>> {

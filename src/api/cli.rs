@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 
 use chrono::NaiveDateTime;
+use clap::builder::PossibleValue;
 use serde_json::Value;
 
 use super::params::MAX_LIMIT;
@@ -19,12 +20,14 @@ use crate::trace::{iso_utc, TraceRow};
 pub enum TracesCommand {
     /// Every attempt of a trace, by attempt number (GET /api/traces/{traceId}).
     Chain {
+        /// The trace id (the `X-Trace-Id` every attempt of one request shares).
         trace_id: String,
         #[command(flatten)]
         out: Output,
     },
     /// Newest failed attempts of a workflow (GET /api/workflows/{workflowId}/failures).
     Failures {
+        /// The workflow id (`X-Workflow-Id`, or the one derived from the n8n URL).
         workflow_id: String,
         /// Most rows to show.
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..=MAX_LIMIT))]
@@ -34,6 +37,7 @@ pub enum TracesCommand {
     },
     /// A user's attempts, newest first (GET /api/users/{userId}/history).
     History {
+        /// The user id (`X-User-Id`, or `correlation.default_user_id`).
         user_id: String,
         /// Most rows to show.
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..=MAX_LIMIT))]
@@ -43,6 +47,7 @@ pub enum TracesCommand {
     },
     /// What changed between consecutive attempts of a trace (GET /api/traces/{traceId}/diff).
     Diff {
+        /// The trace id (the `X-Trace-Id` every attempt of one request shares).
         trace_id: String,
         #[command(flatten)]
         out: Output,
@@ -50,13 +55,13 @@ pub enum TracesCommand {
     /// Counts, failure rate, p50/p95 duration per group (GET /api/stats).
     Stats {
         /// Window start, RFC 3339 (default: 24 h before --until).
-        #[arg(long, value_parser = parse_time)]
+        #[arg(long, value_parser = time_arg)]
         since: Option<NaiveDateTime>,
         /// Window end, RFC 3339 (default: now).
-        #[arg(long, value_parser = parse_time)]
+        #[arg(long, value_parser = time_arg)]
         until: Option<NaiveDateTime>,
-        /// workflow, destination or errorCode.
-        #[arg(long, default_value = "workflow", value_parser = parse_group_by)]
+        /// What each line of the table is.
+        #[arg(long, value_enum, default_value_t = GroupBy::Workflow)]
         group_by: GroupBy,
         /// Most groups to show.
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..=MAX_LIMIT))]
@@ -72,23 +77,44 @@ pub struct Output {
     /// Print the JSON the API would answer instead of a table.
     #[arg(long)]
     json: bool,
-    /// With --json: none, truncated or full.
-    #[arg(long, default_value = "truncated", value_parser = parse_payloads)]
+    /// With --json: how much of each payload to print.
+    #[arg(long, value_enum, default_value_t = PayloadMode::Truncated)]
     payloads: PayloadMode,
 }
 
-fn parse_time(s: &str) -> Result<NaiveDateTime, String> {
-    chrono::DateTime::parse_from_rfc3339(s)
-        .map(|t| t.naive_utc())
-        .map_err(|e| format!("{e} (expected RFC 3339, e.g. 2025-06-01T00:00:00Z)"))
+/// A time argument (`--since`, `retention run --now`): RFC 3339 with a zone, as the UTC
+/// wall-clock time the tables store.
+pub fn time_arg(s: &str) -> Result<NaiveDateTime, String> {
+    crate::trace::parse_rfc3339(s)
+        .map_err(|e| format!("{e} (expected RFC 3339 with a zone, e.g. 2025-06-01T00:00:00Z)"))
 }
 
-fn parse_group_by(s: &str) -> Result<GroupBy, String> {
-    GroupBy::parse(s).ok_or_else(|| "expected workflow, destination or errorCode".into())
+/// `--group-by`: the API's `groupBy` values.
+impl clap::ValueEnum for GroupBy {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[GroupBy::Workflow, GroupBy::Destination, GroupBy::ErrorCode]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(PossibleValue::new(self.as_str()))
+    }
 }
 
-fn parse_payloads(s: &str) -> Result<PayloadMode, String> {
-    PayloadMode::parse(s).ok_or_else(|| "expected none, truncated or full".into())
+/// `--payloads`: the API's `payloads` values.
+impl clap::ValueEnum for PayloadMode {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[PayloadMode::None, PayloadMode::Truncated, PayloadMode::Full]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            PayloadMode::None => PossibleValue::new("none").help("leave payloads out"),
+            PayloadMode::Truncated => {
+                PossibleValue::new("truncated").help("small ones whole, a preview of the rest")
+            }
+            PayloadMode::Full => PossibleValue::new("full").help("as stored"),
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -2,6 +2,7 @@
 
 mod api;
 mod attempts;
+mod cli;
 mod cluster;
 mod failures;
 mod health;

@@ -31,7 +31,7 @@ pub struct RawAdmin {
 impl Default for RawAdmin {
     fn default() -> Self {
         Self {
-            listen: "127.0.0.1:9090".into(),
+            listen: "127.0.0.1:8079".into(),
             token: String::new(),
             pool_size: 2,
             statement_timeout: Dur::secs(2),
@@ -165,7 +165,7 @@ mod tests {
             .is_some_and(|t| t.matches(b"env-token-env-token-42")));
         assert_eq!(
             c.admin.serve_on().map(|a| a.to_string()).as_deref(),
-            Some("127.0.0.1:9090")
+            Some("127.0.0.1:8079")
         );
         let printed = c.to_redacted_toml();
         assert!(!printed.contains("token-"), "{printed}");
@@ -181,7 +181,7 @@ mod tests {
         assert!(c.token.is_none());
         assert_eq!(
             c.serve_on().map(|a| a.to_string()).as_deref(),
-            Some("127.0.0.1:9090")
+            Some("127.0.0.1:8079")
         );
         let off = RawAdmin {
             listen: String::new(),

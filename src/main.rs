@@ -11,7 +11,8 @@ use trace_proxy::config::{Config, ConfigError};
 #[derive(Parser)]
 #[command(
     name = "trace-proxy",
-    version,
+    // The crate version and the git commit it was built from (`build.rs`).
+    version = env!("TRACE_PROXY_VERSION"),
     about = "Transparent logging reverse proxy for bilko-app and n8n"
 )]
 struct Cli {

@@ -1,6 +1,6 @@
 //! The command line as a person (or a script) sees it: every configuration problem at once,
 //! errors said once and without colour when stderr is a pipe, choices listed, the configuration
-//! file taken from `TRACE_PROXY_CONFIG`.
+//! file taken from `TRACE_PROXY_CONFIG`, the commit in `--version`.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -192,4 +192,24 @@ async fn runtime_errors_are_said_once() {
     assert_eq!(r.code, Some(1), "{}", r.stderr);
     let said = format!("cannot listen on {addr}");
     assert_eq!(r.stderr.matches(&said).count(), 1, "{}", r.stderr);
+}
+
+#[test]
+fn version_names_the_commit_it_was_built_from() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = run(dir.path(), &["--version"], &[]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let version = format!("trace-proxy {}", env!("CARGO_PKG_VERSION"));
+    assert!(r.stdout.starts_with(&version), "{}", r.stdout);
+    // Built from a checkout, as the tests are unless run from a tarball: its commit now.
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    if let (Some(head), None) = (head, option_env!("TRACE_PROXY_COMMIT")) {
+        assert_eq!(r.stdout.trim(), format!("{version} (commit {head})"));
+    }
 }

@@ -57,7 +57,7 @@ fn value(
     Ok(())
 }
 
-/// One string: `$$` → `$`, `${NAME}` → its value (unset: an error; empty: ""), `${NAME:-text}` →
+/// One string (never echoed in a problem: it may hold a password): `$$` → `$`, `${NAME}` → its value (unset: an error; empty: ""), `${NAME:-text}` →
 /// its value, or `text` when it is unset or empty.
 fn expand_str(s: &str, var: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
@@ -71,7 +71,7 @@ fn expand_str(s: &str, var: &dyn Fn(&str) -> Option<String>) -> Result<String, S
         } else if let Some(after) = rest.strip_prefix("${") {
             let end = after
                 .find('}')
-                .ok_or_else(|| format!("`${{` without a closing `}}` in {s:?}"))?;
+                .ok_or("a `${` without a closing `}` (`$$` is a literal `$`)")?;
             out.push_str(&reference(&after[..end], var)?);
             rest = &after[end + 1..];
         } else {
@@ -94,10 +94,12 @@ fn reference(inner: &str, var: &dyn Fn(&str) -> Option<String>) -> Result<String
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    // The text is not echoed: it may be part of a password.
     if !valid {
-        return Err(format!(
-            "`${{{inner}}}` is not a variable reference: a name is letters, digits and `_` (`$$` is a literal `$`)"
-        ));
+        return Err(
+            "a `${...}` is not a variable reference: a name is letters, digits and `_` (`$$` is a literal `$`)"
+                .into(),
+        );
     }
     match (var(name), default) {
         (Some(v), Some(d)) if v.is_empty() => Ok(d.to_owned()),
@@ -143,6 +145,13 @@ mod tests {
         ] {
             let e = expand_str(text, &env).expect_err(text);
             assert!(e.contains(problem), "{text}: {e}");
+        }
+        for secret in [
+            "postgres://u:hunter2${@h/db",
+            "postgres://u:hunter2${a b}@h/db",
+        ] {
+            let e = expand_str(secret, &env).expect_err(secret);
+            assert!(!e.contains("hunter2"), "{e}");
         }
     }
 

@@ -158,3 +158,27 @@ fn readme_lists_every_deprecated_key() {
         assert!(readme.contains(&row), "README lacks {row}");
     }
 }
+
+#[test]
+fn readme_environment_example_is_a_working_config() {
+    let readme = shipped("README.md");
+    let example = readme
+        .split_once("**Environment variables in the file.**")
+        .and_then(|(_, rest)| rest.split_once("```toml\n"))
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(example, _)| example.to_owned())
+        .expect("the README's example");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, example).expect("write");
+    let env = |k: &str| match k {
+        "DATABASE_URL" => Some("postgres://app@db:5432/app".to_owned()),
+        "N8N_URL" => Some("http://n8n.internal:5678".to_owned()),
+        _ => None,
+    };
+    let c = super::Config::load_with(&path, None, &env).expect("valid");
+    assert_eq!(c.database.pg.get_dbname(), Some("app"));
+    assert_eq!(c.routes[0].upstream_authority.as_str(), "n8n.internal:5678");
+    assert_eq!(c.server.listen.to_string(), "0.0.0.0:8080");
+    assert!(c.admin.token.is_none());
+}

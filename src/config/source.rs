@@ -52,7 +52,8 @@ fn read_file(path: &Path, p: &mut Problems) -> Result<toml::Table, ConfigError> 
 
 /// One document, its deprecated keys renamed. Every syntax error is reported with its line; the
 /// top-level tables it touches are left out (what the parser recovered there is a guess), and
-/// nothing is said about what is missing, since a broken line may have held it.
+/// the configuration is marked incomplete: nothing is said about a missing key or a relation
+/// between keys, since a broken line may have held or changed it.
 pub(super) fn parse(name: &str, text: &str, p: &mut Problems) -> toml::Table {
     let (doc, errors) = DeTable::parse_recoverable(text);
     let mut touched = BTreeSet::new();

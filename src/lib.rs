@@ -9,6 +9,7 @@ pub mod capture;
 pub mod config;
 pub mod diff;
 pub mod metrics;
+pub mod probe;
 pub mod proxy;
 pub mod recovery;
 pub mod retention;

@@ -61,6 +61,9 @@ enum Command {
         #[command(subcommand)]
         action: SpoolAction,
     },
+    /// Ask a running proxy's admin listener whether it is ready (`/readyz`) or alive
+    /// (`--live`, `/healthz`): exit 0 on a 2xx answer, else 1 (a container HEALTHCHECK).
+    Health(trace_proxy::probe::HealthArgs),
 }
 
 #[derive(Subcommand)]
@@ -87,6 +90,9 @@ enum RetentionAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Health(args)) = &cli.command {
+        return health(&cli.serve, args);
+    }
     let config = match Config::load(&cli.serve.config, cli.serve.env.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -274,6 +280,32 @@ async fn spool(config: &Config, action: SpoolAction) -> Result<(), Box<dyn std::
         }
     }
     Ok(())
+}
+
+/// `health`: exit 0 or 1 only, which is what a HEALTHCHECK or an exec probe reads; the answer
+/// (or why there is none) is printed, so `docker inspect` shows it. No logging is set up.
+fn health(serve: &ServeArgs, args: &trace_proxy::probe::HealthArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("trace-proxy: health: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let load = || Config::load(&serve.config, serve.env.as_deref());
+    match runtime.block_on(trace_proxy::probe::check(args, &serve.config, load)) {
+        Ok(answer) => {
+            println!("{answer}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("trace-proxy: health: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// SIGTERM (container stop) or Ctrl-C.

@@ -33,6 +33,7 @@ pub use admin::{AdminConfig, Token, ENV_ADMIN_TOKEN};
 pub use capture::CaptureConfig;
 pub use correlation::{CorrelationConfig, PathRule};
 pub use database::{DatabaseConfig, OnUnavailable};
+pub use duration::Dur;
 pub use log::LogConfig;
 use problems::Problems;
 pub use raw::RawConfig;

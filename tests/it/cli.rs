@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::support::closed_port;
+use crate::support::{closed_port, CONFIG_ENV};
 
 /// What one run printed.
 struct Run {
@@ -20,17 +20,7 @@ struct Run {
 fn run(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_trace-proxy"));
     cmd.args(args).current_dir(dir).stdin(Stdio::null());
-    for var in [
-        "TRACE_PROXY_CONFIG",
-        "TRACE_PROXY_ENV",
-        "TRACE_PROXY_DATABASE_URL",
-        "TRACE_PROXY_LISTEN",
-        "TRACE_PROXY_ADMIN_TOKEN",
-        "TRACE_PROXY_SPOOL_DIR",
-        "DATABASE_URL",
-        "RUST_LOG",
-        "NO_COLOR",
-    ] {
+    for var in CONFIG_ENV.iter().chain(&["NO_COLOR"]) {
         cmd.env_remove(var);
     }
     cmd.envs(env.iter().copied());

@@ -4,6 +4,7 @@ mod api;
 mod attempts;
 mod cli;
 mod cluster;
+mod container;
 mod failures;
 mod health;
 mod outage;

@@ -19,17 +19,6 @@ use uuid::Uuid;
 
 use crate::support::*;
 
-/// Environment variables that would override the test's config file (or its log level).
-const OVERRIDING_ENV: [&str; 7] = [
-    "TRACE_PROXY_DATABASE_URL",
-    "TRACE_PROXY_SPOOL_DIR",
-    "DATABASE_URL",
-    "TRACE_PROXY_LISTEN",
-    "TRACE_PROXY_ADMIN_TOKEN",
-    "TRACE_PROXY_ENV",
-    "RUST_LOG",
-];
-
 /// Where one proxy deployment lives across its restarts: a temporary directory holding its
 /// config files, logs and spool directory, and the two 127.0.0.1 ports it listens on.
 struct Site {
@@ -108,7 +97,7 @@ impl<'a> RunningBinary<'a> {
             .stdout(out)
             .stderr(err)
             .env("NO_COLOR", "1");
-        for var in OVERRIDING_ENV {
+        for var in CONFIG_ENV {
             cmd.env_remove(var);
         }
         let child = cmd.spawn().expect("spawn trace-proxy");
@@ -482,7 +471,7 @@ fn run_cli(site: &Site, config: &str, args: &[&str]) -> std::process::Output {
         .current_dir(site.dir.path())
         .stdin(Stdio::null())
         .env("NO_COLOR", "1");
-    for var in OVERRIDING_ENV {
+    for var in CONFIG_ENV {
         cmd.env_remove(var);
     }
     cmd.output().expect("run trace-proxy")

@@ -22,6 +22,19 @@ use trace_proxy::Config;
 
 pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
+/// Environment variables of the test run that would change what a spawned `trace-proxy`
+/// binary reads (its configuration file, overlay, overrides, log level): removed from it.
+pub const CONFIG_ENV: [&str; 8] = [
+    "TRACE_PROXY_CONFIG",
+    "TRACE_PROXY_ENV",
+    "TRACE_PROXY_DATABASE_URL",
+    "TRACE_PROXY_LISTEN",
+    "TRACE_PROXY_ADMIN_TOKEN",
+    "TRACE_PROXY_SPOOL_DIR",
+    "DATABASE_URL",
+    "RUST_LOG",
+];
+
 /// The server the tests use; `TRACE_PROXY_TEST_DATABASE_URL` overrides.
 pub fn admin_url() -> String {
     std::env::var("TRACE_PROXY_TEST_DATABASE_URL")

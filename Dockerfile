@@ -2,8 +2,8 @@
 #
 #   docker build -t trace-proxy --build-arg TRACE_PROXY_COMMIT=$(git rev-parse --short=12 HEAD) .
 #
-# Works with BuildKit (the default since Docker 23), the legacy builder and Buildah/Podman; no
-# Dockerfile frontend is pulled. Build arguments:
+# BuildKit (the default since Docker 23) or the legacy builder; no Dockerfile frontend is pulled.
+# Build arguments:
 #   RUST_IMAGE          the builder: Rust on Debian 12, so the binary needs the glibc the runtime has
 #   RUNTIME_IMAGE       the runtime base: glibc, libgcc and CA certificates, no shell, no package
 #                       manager (any Debian 12 based image works, e.g. debian:bookworm-slim)
@@ -11,7 +11,8 @@
 #   BINARY_FROM         "build" (default): compile here. "prebuilt": take the binary from
 #                       prebuilt/trace-proxy in the build context instead — how
 #                       scripts/image-test.sh builds this same runtime stage where no registry
-#                       (and so no Rust image) is reachable.
+#                       (and so no Rust image) is reachable. Needs BuildKit, which skips the
+#                       unused `build` stage.
 #
 # The image runs as uid/gid 65532 (distroless "nonroot"), reads /etc/trace-proxy/proxy.toml
 # (config/container.toml: everything from the environment, see there) and keeps its state —

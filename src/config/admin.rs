@@ -1,5 +1,6 @@
-//! `[admin]`: the admin listener (`crate::api`: health, metrics, the read-only query API), and
-//! its bearer token, which never appears in `Debug` or printed output.
+//! `[admin]`: the admin listener (`crate::api`: health, metrics, the read-only query API, the
+//! Memory Explorer), its bearer token, which never appears in `Debug` or printed output, how
+//! long an explorer sign-in lasts, and where the explorer links n8n executions.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -16,6 +17,10 @@ pub const ENV_ADMIN_TOKEN: &str = "TRACE_PROXY_ADMIN_TOKEN";
 const MIN_TOKEN_CHARS: usize = 16;
 /// Response byte budgets accepted (64 KiB ..= 64 MiB).
 const BUDGET_RANGE: std::ops::RangeInclusive<u64> = 65_536..=67_108_864;
+/// Explorer sign-in lifetimes accepted.
+const SESSION_TTL: std::ops::RangeInclusive<Dur> = Dur::secs(60)..=Dur::days(30);
+/// What `n8n_execution_url` must contain.
+pub const EXECUTION_PLACEHOLDER: &str = "{executionId}";
 
 /// `[admin]` as written.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -26,6 +31,8 @@ pub struct RawAdmin {
     pub pool_size: usize,
     pub statement_timeout: Dur,
     pub max_response_bytes: u64,
+    pub session_ttl: Dur,
+    pub n8n_execution_url: String,
 }
 
 impl Default for RawAdmin {
@@ -36,6 +43,8 @@ impl Default for RawAdmin {
             pool_size: 2,
             statement_timeout: Dur::secs(2),
             max_response_bytes: 1_048_576,
+            session_ttl: Dur::secs(12 * 3600),
+            n8n_execution_url: String::new(),
         }
     }
 }
@@ -78,6 +87,11 @@ pub struct AdminConfig {
     pub pool_size: usize,
     pub statement_timeout: Duration,
     pub max_response_bytes: usize,
+    /// How long a Memory Explorer sign-in lasts (absolute, from sign-in).
+    pub session_ttl: Duration,
+    /// Link template for an n8n execution in n8n's own UI: an `http(s)` URL containing
+    /// `{executionId}` (and optionally `{workflowId}`); `None`: execution ids are not linked.
+    pub n8n_execution_url: Option<String>,
 }
 
 impl AdminConfig {
@@ -125,13 +139,52 @@ pub(super) fn check(r: &RawAdmin, p: &mut Problems) -> Option<AdminConfig> {
             ),
         );
     }
+    if !SESSION_TTL.contains(&r.session_ttl) {
+        p.at(
+            "admin.session_ttl",
+            format!(
+                "({}) must be between {} and {}",
+                r.session_ttl,
+                SESSION_TTL.start(),
+                SESSION_TTL.end()
+            ),
+        );
+    }
+    let n8n_execution_url = execution_url(&r.n8n_execution_url, p);
     Some(AdminConfig {
         listen: listen?,
         token,
         pool_size: r.pool_size,
         statement_timeout: r.statement_timeout.0,
         max_response_bytes: usize::try_from(r.max_response_bytes).unwrap_or(usize::MAX),
+        session_ttl: r.session_ttl.0,
+        n8n_execution_url,
     })
+}
+
+/// `""` (no links), or an absolute `http(s)` URL template holding `{executionId}`: the explorer
+/// puts it into a link's `href`, so nothing but a web URL may come out of it.
+fn execution_url(template: &str, p: &mut Problems) -> Option<String> {
+    if template.is_empty() {
+        return None;
+    }
+    let key = "admin.n8n_execution_url";
+    if !template.contains(EXECUTION_PLACEHOLDER) {
+        p.at(key, format!("must contain {EXECUTION_PLACEHOLDER}, e.g. \"https://n8n.example.com/workflow/{{workflowId}}/executions/{{executionId}}\""));
+        return None;
+    }
+    let probe = template
+        .replace(EXECUTION_PLACEHOLDER, "1")
+        .replace("{workflowId}", "w");
+    match url::Url::parse(&probe) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+            Some(template.to_owned())
+        }
+        _ => {
+            p.at(key, "must be an absolute http:// or https:// URL");
+            None
+        }
+    }
 }
 
 #[cfg(test)]
@@ -195,5 +248,36 @@ mod tests {
         };
         let c = check(&raw, &mut p);
         assert_eq!(p.finish(c).unwrap_err().len(), 2);
+    }
+
+    #[test]
+    fn execution_links_must_be_web_urls_with_the_placeholder() {
+        let at = |url: &str| {
+            let raw = RawAdmin {
+                n8n_execution_url: url.into(),
+                ..RawAdmin::default()
+            };
+            let mut p = Problems::default();
+            let c = check(&raw, &mut p);
+            p.finish(c).map(|c| c.n8n_execution_url)
+        };
+        assert_eq!(at(""), Ok(None));
+        let ok = "https://n8n.example.com/workflow/{workflowId}/executions/{executionId}";
+        assert_eq!(at(ok), Ok(Some(ok.to_owned())));
+        for bad in [
+            "https://n8n.example.com/executions",
+            "javascript:alert({executionId})",
+            "/executions/{executionId}",
+            "data:text/html,{executionId}",
+        ] {
+            assert!(at(bad).is_err(), "{bad}");
+        }
+        let short = RawAdmin {
+            session_ttl: Dur::secs(5),
+            ..RawAdmin::default()
+        };
+        let mut p = Problems::default();
+        let c = check(&short, &mut p);
+        assert!(p.finish(c).is_err());
     }
 }

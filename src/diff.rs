@@ -175,6 +175,9 @@ mod tests {
             error_code: code.map(str::to_owned),
             error_detail: None,
             n8n_execution_id: None,
+            http_method: None,
+            http_target: None,
+            http_status: None,
         }
     }
 

@@ -109,6 +109,10 @@ pub struct TraceRow {
     pub error_code: Option<String>,
     pub error_detail: Option<String>,
     pub n8n_execution_id: Option<String>,
+    /// trace-proxy's own columns beside DATA-002's (`fields=*` shows them in the query API).
+    pub http_method: Option<String>,
+    pub http_target: Option<String>,
+    pub http_status: Option<i32>,
 }
 
 /// ISO-8601 UTC with millisecond precision and a `Z`.

@@ -16,10 +16,12 @@
 //! | `GET /api/executions/{executionId}/traces` | attempts of one execution (DATA-004) |
 //! | `GET /api/traces` | filtered search, keyset-paginated |
 //! | `GET /api/stats` | counts, failure rate, p50/p95 duration |
+//! | `GET /api/overview` | one window in buckets, top failures, unfinished now ([`overview`]) |
 //! | `GET /api/openapi.json` | OpenAPI 3.1 description of the above |
 
 pub mod cli;
 mod openapi;
+mod overview;
 pub mod params;
 pub mod render;
 
@@ -440,6 +442,7 @@ async fn route<B>(state: &ApiState, req: &Request<B>) -> Result<Value, ApiError>
         }
         ["api", "executions", id, "traces"] => execution(state, id, query).await,
         ["api", "stats"] => stats(state, query).await,
+        ["api", "overview"] => overview::overview(state, query).await,
         ["api", "openapi.json"] => {
             Params::parse(query, &[]).map_err(bad)?;
             Ok(openapi::document())

@@ -46,7 +46,7 @@ pub fn document() -> Value {
     let fields = param(
         "fields",
         "query",
-        "comma-separated CommunicationTrace field names to return (default: all)",
+        "comma-separated CommunicationTrace field names to return (default: the 18 DATA-002 fields); * = those plus trace-proxy's httpMethod, httpTarget, httpStatus",
         json!({"type": "string", "example": "traceId,attemptNumber,overallStatus,errorCode"}),
     );
     let limit = param(
@@ -87,6 +87,12 @@ pub fn document() -> Value {
             }
             "overallStatus" => {
                 json!({"type": "string", "enum": ["pending", "in_progress", "success", "failed"]})
+            }
+            "httpMethod" | "httpTarget" => {
+                json!({"type": ["string", "null"], "description": "trace-proxy's column (not DATA-002): only with fields=* or when named; the target is redacted like payloads"})
+            }
+            "httpStatus" => {
+                json!({"type": ["integer", "null"], "description": "upstream response status, null when none arrived; trace-proxy's column: only with fields=* or when named"})
             }
             _ => json!({"type": "string"}),
         };
@@ -165,6 +171,7 @@ pub fn document() -> Value {
                     "504": {"$ref": "#/components/responses/Timeout"},
                 },
             }},
+            "/api/overview": overview_path(),
             "/api/openapi.json": {"get": {
                 "summary": "This document",
                 "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}}},
@@ -190,6 +197,8 @@ pub fn document() -> Value {
                     "unfinished": {"type": "integer", "description": "pending + in_progress"},
                     "failureRate": {"type": ["number", "null"], "description": "failed / (success + failed)"},
                     "p50DurationMs": {"type": ["integer", "null"]}, "p95DurationMs": {"type": ["integer", "null"]}}},
+                "Ranked": {"type": "object", "description": "a workflow or error code with failures in the window, most failures first", "properties": {
+                    "key": {"type": "string"}, "count": {"type": "integer"}, "failed": {"type": "integer"}}},
                 "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
                     "code": {"type": "string"}, "message": {"type": "string"}}}}},
             },
@@ -202,6 +211,44 @@ pub fn document() -> Value {
             },
         },
     })
+}
+
+/// `/api/overview` (its own function: one `json!` for the whole document would be too deep).
+fn overview_path() -> Value {
+    let time = |name: &str, d: &str| {
+        param(
+            name,
+            "query",
+            d,
+            json!({"type": "string", "format": "date-time"}),
+        )
+    };
+    json!({"get": {
+        "summary": "One window in equal buckets (count, failures, p50/p95 duration), the top failing workflows and error codes, and the attempts unfinished now; what the Memory Explorer charts",
+        "parameters": [
+            param("window", "query", "hour (60 x 1 min), day (96 x 15 min) or week (168 x 1 h)", json!({"type": "string", "enum": ["hour", "day", "week"], "default": "day"})),
+            param("workflowId", "query", "only this workflow", json!({"type": "string"})),
+            time("until", "the window ends at the bucket boundary at or after this time; default now"),
+            param("limit", "query", &format!("workflows and error codes listed, 1..{MAX_LIMIT}"), json!({"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 10})),
+        ],
+        "responses": {
+            "200": {"description": "the window", "content": {"application/json": {"schema": {"type": "object", "properties": {
+                "window": {"type": "string"}, "since": {"type": "string", "format": "date-time"}, "until": {"type": "string", "format": "date-time"},
+                "bucketSeconds": {"type": "integer"}, "workflowId": {"type": ["string", "null"]},
+                "totals": {"$ref": "#/components/schemas/Stats"},
+                "buckets": {"type": "array", "description": "every bucket, oldest first, empty ones included", "items": {"allOf": [
+                    {"$ref": "#/components/schemas/Stats"},
+                    {"type": "object", "properties": {"start": {"type": "string", "format": "date-time"}}}]}},
+                "topFailingWorkflows": {"type": "array", "items": {"$ref": "#/components/schemas/Ranked"}},
+                "topErrorCodes": {"type": "array", "items": {"$ref": "#/components/schemas/Ranked"}},
+                "unfinishedNow": {"type": "object", "description": "attempts pending or in progress now, whenever they started", "properties": {
+                    "pending": {"type": "integer"}, "inProgress": {"type": "integer"},
+                    "oldestRequestedAt": {"type": ["string", "null"], "format": "date-time"}}}}}}}},
+            "400": {"$ref": "#/components/responses/BadRequest"},
+            "401": {"$ref": "#/components/responses/Unauthorized"},
+            "504": {"$ref": "#/components/responses/Timeout"},
+        },
+    }})
 }
 
 fn error(description: &str) -> Value {

@@ -7,8 +7,9 @@ use serde_json::{Map, Value};
 use crate::diff::AttemptDiff;
 use crate::trace::TraceRow;
 
-/// The `CommunicationTrace` field names (DATA-002), in schema order; `fields=` picks from these.
-pub const FIELDS: [&str; 18] = [
+/// The `CommunicationTrace` field names (DATA-002), in schema order, then trace-proxy's own
+/// columns ([`SPEC_FIELDS`] onwards); `fields=` picks from these, `fields=*` takes them all.
+pub const FIELDS: [&str; 21] = [
     "id",
     "traceId",
     "executionId",
@@ -27,7 +28,13 @@ pub const FIELDS: [&str; 18] = [
     "errorCode",
     "errorDetail",
     "n8nExecutionId",
+    "httpMethod",
+    "httpTarget",
+    "httpStatus",
 ];
+
+/// How many of [`FIELDS`] are DATA-002's: the fields a row has unless `fields=` asks for more.
+pub const SPEC_FIELDS: usize = 18;
 
 /// Serialized size above which `payloads=truncated` replaces a payload (or a diff value) by a
 /// preview.
@@ -63,20 +70,23 @@ impl PayloadMode {
 #[derive(Debug, Clone, Default)]
 pub struct Projection {
     pub payloads: PayloadMode,
-    /// `None`: every field. Otherwise indexes into [`FIELDS`], ascending.
+    /// `None`: every DATA-002 field. Otherwise indexes into [`FIELDS`], ascending.
     pub fields: Option<Vec<usize>>,
 }
 
 impl Projection {
-    /// Parses `fields=` (comma-separated names from [`FIELDS`]).
+    /// Parses `fields=` (comma-separated names from [`FIELDS`], or `*` for all of them).
     pub fn parse_fields(s: &str) -> Result<Vec<usize>, String> {
+        if s.trim() == "*" {
+            return Ok((0..FIELDS.len()).collect());
+        }
         let mut picked = Vec::new();
         for name in s.split(',').map(str::trim) {
             match FIELDS.iter().position(|f| *f == name) {
                 Some(i) => picked.push(i),
                 None => {
                     return Err(format!(
-                        "`fields`: unknown field {name:?}; known fields: {}",
+                        "`fields`: unknown field {name:?}; known fields: {} (or * for all)",
                         FIELDS.join(",")
                     ))
                 }
@@ -88,7 +98,10 @@ impl Projection {
     }
 
     fn shows(&self, field: usize) -> bool {
-        self.fields.as_ref().is_none_or(|f| f.contains(&field))
+        match &self.fields {
+            None => field < SPEC_FIELDS,
+            Some(f) => f.contains(&field),
+        }
     }
 
     /// Whether the query needs the payload columns at all.
@@ -250,6 +263,9 @@ mod tests {
             error_code: None,
             error_detail: None,
             n8n_execution_id: None,
+            http_method: None,
+            http_target: None,
+            http_status: None,
         }
     }
 
@@ -276,6 +292,19 @@ mod tests {
         );
         assert!(!picked.reads_payloads());
         assert!(Projection::parse_fields("id,bogus").is_err());
+        let all = Projection {
+            payloads: PayloadMode::Full,
+            fields: Some(Projection::parse_fields("*").expect("fields")),
+        };
+        let mut r = row();
+        r.http_status = Some(502);
+        let v = all.row(&r);
+        assert_eq!(v.as_object().map(|m| m.len()), Some(21));
+        assert_eq!(v["httpStatus"], 502);
+        assert!(
+            full.get("httpStatus").is_none(),
+            "DATA-002 fields only by default"
+        );
     }
 
     #[test]

@@ -38,6 +38,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../../sql/0006_query_indexes.sql"),
     ),
     (7, "instances", include_str!("../../sql/0007_instances.sql")),
+    (
+        8,
+        "workflow_time_index",
+        include_str!("../../sql/0008_workflow_time_index.sql"),
+    ),
 ];
 
 /// Arbitrary constant identifying the migration lock among advisory locks.

@@ -18,10 +18,11 @@ use uuid::Uuid;
 use super::StoreError;
 use crate::trace::{Status, TraceRow};
 
-/// The DATA-002 columns, in [`TraceRow`] order.
+/// The DATA-002 columns, then trace-proxy's HTTP columns (sql/0002), in [`TraceRow`] order.
 pub const TRACE_COLUMNS: &str = "id, trace_id, execution_id, attempt_number, source_service, \
     destination_service, workflow_id, action, user_id, requested_at, responded_at, duration_ms, \
-    request_payload, response_payload, overall_status, error_code, error_detail, n8n_execution_id";
+    request_payload, response_payload, overall_status, error_code, error_detail, n8n_execution_id, \
+    http_method, http_target, http_status";
 
 /// [`TRACE_COLUMNS`], with the payload columns read as NULL when they are not wanted (they are
 /// by far the widest part of a row; not reading them keeps `payloads=none` cheap).
@@ -32,7 +33,7 @@ fn columns(payloads: bool) -> &'static str {
         "id, trace_id, execution_id, attempt_number, source_service, \
          destination_service, workflow_id, action, user_id, requested_at, responded_at, \
          duration_ms, NULL::jsonb, NULL::jsonb, overall_status, error_code, error_detail, \
-         n8n_execution_id"
+         n8n_execution_id, http_method, http_target, http_status"
     }
 }
 
@@ -83,6 +84,9 @@ pub fn trace_row(r: &Row) -> Result<TraceRow, tokio_postgres::Error> {
         error_code: r.try_get(15)?,
         error_detail: r.try_get(16)?,
         n8n_execution_id: r.try_get(17)?,
+        http_method: r.try_get(18)?,
+        http_target: r.try_get(19)?,
+        http_status: r.try_get(20)?,
     })
 }
 
@@ -435,6 +439,40 @@ pub struct StatsRow {
     pub p95_duration_ms: Option<i32>,
 }
 
+impl StatsRow {
+    /// Nothing counted.
+    pub fn empty() -> StatsRow {
+        StatsRow {
+            key: None,
+            count: 0,
+            success: 0,
+            failed: 0,
+            unfinished: 0,
+            failure_rate: None,
+            p50_duration_ms: None,
+            p95_duration_ms: None,
+        }
+    }
+}
+
+/// A [`StatsRow`] (without key) from the columns `n`, `ok`, `failed`, `p50`, `p95`.
+fn stats_row(r: &Row) -> Result<StatsRow, tokio_postgres::Error> {
+    let count: i64 = r.try_get("n")?;
+    let success: i64 = r.try_get("ok")?;
+    let failed: i64 = r.try_get("failed")?;
+    let finished = success + failed;
+    Ok(StatsRow {
+        key: None,
+        count,
+        success,
+        failed,
+        unfinished: count - finished,
+        failure_rate: (finished > 0).then(|| failed as f64 / finished as f64),
+        p50_duration_ms: r.try_get("p50")?,
+        p95_duration_ms: r.try_get("p95")?,
+    })
+}
+
 /// Stats of a window: the totals, the largest groups (by count, then key) and whether groups
 /// were left out.
 #[derive(Debug, Clone)]
@@ -474,33 +512,11 @@ pub async fn stats(
     let rows = client
         .query(&stats_sql(group_by), &[&since, &until, &limit])
         .await?;
-    let mut totals = StatsRow {
-        key: None,
-        count: 0,
-        success: 0,
-        failed: 0,
-        unfinished: 0,
-        failure_rate: None,
-        p50_duration_ms: None,
-        p95_duration_ms: None,
-    };
+    let mut totals = StatsRow::empty();
     let mut groups = Vec::new();
     let mut groups_total = 0;
     for r in &rows {
-        let count: i64 = r.try_get("n")?;
-        let success: i64 = r.try_get("ok")?;
-        let failed: i64 = r.try_get("failed")?;
-        let finished = success + failed;
-        let row = StatsRow {
-            key: None,
-            count,
-            success,
-            failed,
-            unfinished: count - finished,
-            failure_rate: (finished > 0).then(|| failed as f64 / finished as f64),
-            p50_duration_ms: r.try_get("p50")?,
-            p95_duration_ms: r.try_get("p95")?,
-        };
+        let row = stats_row(r)?;
         if r.try_get::<_, i32>("is_total")? == 1 {
             groups_total = r.try_get("groups_total")?;
             totals = row;
@@ -515,6 +531,260 @@ pub async fn stats(
         totals,
         groups,
         groups_total,
+    })
+}
+
+/// The spans the explorer's overview shows, each cut into equal buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// 60 buckets of a minute.
+    Hour,
+    /// 96 buckets of 15 minutes.
+    Day,
+    /// 168 buckets of an hour.
+    Week,
+}
+
+impl Window {
+    pub fn parse(s: &str) -> Option<Window> {
+        match s {
+            "hour" => Some(Window::Hour),
+            "day" => Some(Window::Day),
+            "week" => Some(Window::Week),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Window::Hour => "hour",
+            Window::Day => "day",
+            Window::Week => "week",
+        }
+    }
+
+    /// The width of one bucket.
+    pub fn bucket(self) -> chrono::TimeDelta {
+        match self {
+            Window::Hour => chrono::TimeDelta::minutes(1),
+            Window::Day => chrono::TimeDelta::minutes(15),
+            Window::Week => chrono::TimeDelta::hours(1),
+        }
+    }
+
+    /// Buckets in the window.
+    pub fn buckets(self) -> i32 {
+        match self {
+            Window::Hour => 60,
+            Window::Day => 96,
+            Window::Week => 168,
+        }
+    }
+
+    /// The window ending at the bucket boundary at or after `now`: `[since, until)`. Aligned, so
+    /// the same buckets come back all through one bucket's time.
+    pub fn ending_at(self, now: NaiveDateTime) -> (NaiveDateTime, NaiveDateTime) {
+        let width = self.bucket().num_microseconds().unwrap_or(1).max(1);
+        let t = now.and_utc().timestamp_micros();
+        let until_micros =
+            t.div_euclid(width) * width + if t.rem_euclid(width) == 0 { 0 } else { width };
+        let until =
+            chrono::DateTime::from_timestamp_micros(until_micros).map_or(now, |u| u.naive_utc());
+        (until - self.bucket() * self.buckets(), until)
+    }
+}
+
+/// One bucket of the overview: its start and its counts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Bucket {
+    #[serde(serialize_with = "iso")]
+    pub start: NaiveDateTime,
+    #[serde(flatten)]
+    pub stats: StatsRow,
+}
+
+fn iso<S: serde::Serializer>(t: &NaiveDateTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::trace::iso_utc(t))
+}
+
+/// A workflow or error code ranked by its failures.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ranked {
+    pub key: String,
+    pub count: i64,
+    pub failed: i64,
+}
+
+/// Attempts not final yet, whenever they started.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Unfinished {
+    pub pending: i64,
+    pub in_progress: i64,
+    #[serde(serialize_with = "iso_opt")]
+    pub oldest_requested_at: Option<NaiveDateTime>,
+}
+
+fn iso_opt<S: serde::Serializer>(t: &Option<NaiveDateTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => iso(t, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// What the overview (and a workflow's page) shows of one window.
+#[derive(Debug, Clone)]
+pub struct Overview {
+    pub totals: StatsRow,
+    /// Every bucket of the window, oldest first, empty ones included.
+    pub buckets: Vec<Bucket>,
+    pub top_workflows: Vec<Ranked>,
+    pub top_error_codes: Vec<Ranked>,
+    pub unfinished: Unfinished,
+}
+
+/// `AND workflow_id = $n` when the overview is of one workflow.
+fn workflow_condition(workflow: bool, n: usize) -> String {
+    match workflow {
+        true => format!(" AND workflow_id = ${n}"),
+        false => String::new(),
+    }
+}
+
+/// The SQL of the overview's buckets and totals: `$1` since, `$2` until, `$3` bucket width in
+/// seconds, `$4` the workflow when `workflow`. One pass over a `requested_at` range
+/// (`idx_traces_requested_at`, or `idx_traces_workflow_time` for one workflow); `GROUPING
+/// SETS` gives the window's totals in the same pass.
+pub fn overview_buckets_sql(workflow: bool) -> String {
+    format!(
+        "SELECT grouping(b) AS is_total, b, count(*) AS n, \
+             count(*) FILTER (WHERE overall_status = 'success') AS ok, \
+             count(*) FILTER (WHERE overall_status = 'failed') AS failed, \
+             percentile_disc(0.5) WITHIN GROUP (ORDER BY duration_ms) AS p50, \
+             percentile_disc(0.95) WITHIN GROUP (ORDER BY duration_ms) AS p95 \
+         FROM (SELECT floor(extract(epoch FROM requested_at - $1)::float8 / $3::float8)::int AS b, \
+                      overall_status, duration_ms \
+               FROM communication_traces \
+               WHERE requested_at >= $1 AND requested_at < $2{}) w \
+         GROUP BY GROUPING SETS ((b), ())",
+        workflow_condition(workflow, 4)
+    )
+}
+
+/// The SQL of the overview's top failing workflows and error codes: `$1` since, `$2` until,
+/// `$3` how many of each, `$4` the workflow when `workflow`. Same range as the buckets.
+pub fn overview_top_sql(workflow: bool) -> String {
+    format!(
+        "SELECT by_code, key, n, failed FROM ( \
+             SELECT by_code, key, n, failed, \
+                    row_number() OVER (PARTITION BY by_code ORDER BY failed DESC, n DESC, key) AS rank \
+             FROM (SELECT grouping(workflow_id) AS by_code, \
+                          CASE WHEN grouping(workflow_id) = 1 THEN error_code ELSE workflow_id END AS key, \
+                          count(*) AS n, count(*) FILTER (WHERE overall_status = 'failed') AS failed \
+                   FROM communication_traces \
+                   WHERE requested_at >= $1 AND requested_at < $2{} \
+                   GROUP BY GROUPING SETS ((workflow_id), (error_code))) g \
+             WHERE failed > 0 AND key IS NOT NULL) r \
+         WHERE rank <= $3 ORDER BY by_code, rank",
+        workflow_condition(workflow, 4)
+    )
+}
+
+/// The SQL of the attempts not final now (`$1` the workflow when `workflow`): the partial
+/// index of unresolved rows (`idx_traces_unresolved_by_instance`) or `idx_traces_status`.
+pub fn unfinished_sql(workflow: bool) -> String {
+    format!(
+        "SELECT count(*) FILTER (WHERE overall_status = 'pending') AS pending, \
+                count(*) FILTER (WHERE overall_status = 'in_progress') AS in_progress, \
+                min(requested_at) AS oldest \
+         FROM communication_traces \
+         WHERE overall_status IN ('pending', 'in_progress'){}",
+        workflow_condition(workflow, 1)
+    )
+}
+
+/// The overview of `window` ending at `until` (aligned by [`Window::ending_at`]), of every
+/// workflow or of one, with the `top` workflows and error codes by failures. The three
+/// statements are pipelined on one connection.
+pub async fn overview(
+    client: &impl GenericClient,
+    window: Window,
+    until: NaiveDateTime,
+    workflow_id: Option<&str>,
+    top: i64,
+) -> Result<Overview, QueryError> {
+    let since = until - window.bucket() * window.buckets();
+    let width = window.bucket().num_seconds() as f64;
+    let wf = workflow_id.is_some();
+    let (buckets_sql, top_sql, unfinished_sql) = (
+        overview_buckets_sql(wf),
+        overview_top_sql(wf),
+        unfinished_sql(wf),
+    );
+    let mut bucket_params: Vec<&(dyn ToSql + Sync)> = vec![&since, &until, &width];
+    let mut top_params: Vec<&(dyn ToSql + Sync)> = vec![&since, &until, &top];
+    let mut unfinished_params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+    if let Some(w) = &workflow_id {
+        bucket_params.push(w);
+        top_params.push(w);
+        unfinished_params.push(w);
+    }
+    let (bucket_rows, top_rows, unfinished_rows) = tokio::try_join!(
+        client.query(&buckets_sql, &bucket_params),
+        client.query(&top_sql, &top_params),
+        client.query(&unfinished_sql, &unfinished_params),
+    )?;
+    let mut totals = StatsRow::empty();
+    let mut buckets: Vec<Bucket> = (0..window.buckets())
+        .map(|i| Bucket {
+            start: since + window.bucket() * i,
+            stats: StatsRow::empty(),
+        })
+        .collect();
+    for r in &bucket_rows {
+        let stats = stats_row(r)?;
+        if r.try_get::<_, i32>("is_total")? == 1 {
+            totals = stats;
+        } else if let Some(b) = r
+            .try_get::<_, Option<i32>>("b")?
+            .and_then(|b| usize::try_from(b).ok())
+            .and_then(|b| buckets.get_mut(b))
+        {
+            b.stats = stats;
+        }
+    }
+    let (mut top_workflows, mut top_error_codes) = (Vec::new(), Vec::new());
+    for r in &top_rows {
+        let ranked = Ranked {
+            key: r.try_get("key")?,
+            count: r.try_get("n")?,
+            failed: r.try_get("failed")?,
+        };
+        match r.try_get::<_, i32>("by_code")? {
+            0 => top_workflows.push(ranked),
+            _ => top_error_codes.push(ranked),
+        }
+    }
+    let unfinished = match unfinished_rows.first() {
+        Some(r) => Unfinished {
+            pending: r.try_get("pending")?,
+            in_progress: r.try_get("in_progress")?,
+            oldest_requested_at: r.try_get("oldest")?,
+        },
+        None => Unfinished {
+            pending: 0,
+            in_progress: 0,
+            oldest_requested_at: None,
+        },
+    };
+    Ok(Overview {
+        totals,
+        buckets,
+        top_workflows,
+        top_error_codes,
+        unfinished,
     })
 }
 

@@ -888,6 +888,7 @@ async fn openapi_describes_every_endpoint_and_each_answers() {
         [
             "/api/executions/{executionId}/traces",
             "/api/openapi.json",
+            "/api/overview",
             "/api/stats",
             "/api/traces",
             "/api/traces/{traceId}",

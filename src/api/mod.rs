@@ -18,14 +18,20 @@
 //! | `GET /api/stats` | counts, failure rate, p50/p95 duration |
 //! | `GET /api/overview` | one window in buckets, top failures, unfinished now ([`overview`]) |
 //! | `GET /api/openapi.json` | OpenAPI 3.1 description of the above |
+//! | `GET /`, `/ui/...`, `POST /ui/signin`, `/ui/signout` | the Memory Explorer ([`ui`]) |
+//!
+//! `/api` takes the bearer token or an explorer session cookie ([`session`]).
 
 pub mod cli;
 mod openapi;
 mod overview;
 pub mod params;
 pub mod render;
+pub mod session;
+pub mod ui;
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -72,16 +78,19 @@ pub struct ApiState {
     /// What pending rows may fill of the journal, when requests are spooled while PostgreSQL
     /// is unavailable (`SpoolConfig::pending_limit`).
     spool_max_bytes: Option<u64>,
+    /// The Memory Explorer's sessions and settings.
+    explorer: ui::Explorer,
 }
 
 impl ApiState {
-    pub fn new(pool: Pool, token: Option<Token>, budget: usize, metrics: Arc<Metrics>) -> ApiState {
+    pub fn new(pool: Pool, admin: &crate::config::AdminConfig, metrics: Arc<Metrics>) -> ApiState {
         ApiState {
             pool,
-            token,
-            budget,
+            token: admin.token.clone(),
+            budget: admin.max_response_bytes,
             metrics,
             spool_max_bytes: None,
+            explorer: ui::Explorer::new(admin),
         }
     }
 
@@ -137,21 +146,15 @@ pub fn start(
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
 ) -> Result<AdminServer, StoreError> {
-    let token = config.admin.token.clone();
-    if token.is_none() {
+    if config.admin.token.is_none() {
         tracing::warn!(
             "admin query API disabled: no admin.token (or TRACE_PROXY_ADMIN_TOKEN) configured; /healthz, /readyz and /metrics still serve"
         );
     }
     let spooling = config.database.on_unavailable == crate::config::OnUnavailable::Spool;
     let state = Arc::new(
-        ApiState::new(
-            query_pool(config)?,
-            token,
-            config.admin.max_response_bytes,
-            metrics,
-        )
-        .with_spool(spooling.then_some(config.spool.pending_limit())),
+        ApiState::new(query_pool(config)?, &config.admin, metrics)
+            .with_spool(spooling.then_some(config.spool.pending_limit())),
     );
     let addr = listener
         .local_addr()
@@ -205,7 +208,7 @@ async fn serve(
         let state = state.clone();
         let service = service_fn(move |req| {
             let state = state.clone();
-            async move { Ok::<_, Infallible>(handle(&state, req).await) }
+            async move { Ok::<_, Infallible>(handle(&state, peer.ip(), req).await) }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
@@ -232,8 +235,16 @@ async fn serve(
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
-    #[error("missing or wrong bearer token")]
+    #[error("missing or wrong bearer token, and no signed-in explorer session")]
     Unauthorized,
+    #[error("wrong token")]
+    WrongToken,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("too many failed sign-ins; try again in {} s", .0.as_secs().max(1))]
+    Throttled(Duration),
+    #[error("only POST is allowed here")]
+    PostOnly,
     #[error("the query API is disabled until admin.token (or TRACE_PROXY_ADMIN_TOKEN) is set")]
     Disabled,
     #[error("{0}")]
@@ -268,7 +279,10 @@ impl From<deadpool_postgres::PoolError> for ApiError {
 fn error_response(e: &ApiError) -> Resp {
     let (status, code) = match e {
         ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
-        ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+        ApiError::Unauthorized | ApiError::WrongToken => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+        ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "FORBIDDEN"),
+        ApiError::Throttled(_) => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_REQUESTS"),
+        ApiError::PostOnly => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
         ApiError::Disabled => (StatusCode::FORBIDDEN, "API_DISABLED"),
         ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
         ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
@@ -290,6 +304,16 @@ fn error_response(e: &ApiError) -> Resp {
             resp.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("GET"));
         }
+        ApiError::PostOnly => {
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        }
+        ApiError::Throttled(wait) => {
+            let secs = wait.as_secs().max(1).to_string();
+            if let Ok(v) = HeaderValue::from_str(&secs) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
         _ => {}
     }
     resp
@@ -308,17 +332,24 @@ fn json_response(status: StatusCode, body: &Value) -> Resp {
     resp
 }
 
-/// Answers one admin request. The body of the request is never read.
-pub async fn handle<B>(state: &ApiState, req: Request<B>) -> Resp {
+/// Answers one admin request from `peer`. Only an explorer sign-in reads a request body.
+pub async fn handle<B>(state: &ApiState, peer: IpAddr, req: Request<B>) -> Resp
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let started = Instant::now();
-    let resp = match req.uri().path() {
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let mut resp = match path.as_str() {
         "/healthz" | "/readyz" | "/metrics" => platform(state, &req).await,
+        p if ui::serves(p) => ui::handle(state, peer, req).await,
         _ => match &route(state, &req).await {
             Ok(body) => json_response(StatusCode::OK, body),
             Err(e) => error_response(e),
         },
     };
-    tracing::debug!(method = %req.method(), path = %req.uri().path(), status = resp.status().as_u16(),
+    ui::secure(&mut resp);
+    tracing::debug!(%method, %path, status = resp.status().as_u16(),
         elapsed_ms = started.elapsed().as_millis() as u64, "admin request");
     resp
 }
@@ -392,7 +423,7 @@ fn text_response(status: StatusCode, content_type: &'static str, body: String) -
     resp
 }
 
-fn authorized<B>(state: &ApiState, req: &Request<B>) -> bool {
+fn bearer<B>(state: &ApiState, req: &Request<B>) -> bool {
     let Some(token) = &state.token else {
         return false;
     };
@@ -402,6 +433,15 @@ fn authorized<B>(state: &ApiState, req: &Request<B>) -> bool {
     let v = value.as_bytes();
     // RFC 6750 §2.1: `Bearer` is case-insensitive, one space, then the token.
     v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") && token.matches(&v[7..])
+}
+
+/// A valid bearer token, or the cookie of a live explorer session made with the current token.
+fn authorized<B>(state: &ApiState, req: &Request<B>) -> bool {
+    bearer(state, req)
+        || state.token.as_ref().is_some_and(|t| {
+            session::cookie_value(req.headers())
+                .is_some_and(|id| state.explorer.sessions.valid(id, t))
+        })
 }
 
 async fn route<B>(state: &ApiState, req: &Request<B>) -> Result<Value, ApiError> {

@@ -105,7 +105,7 @@ pub fn document() -> Value {
             "version": env!("CARGO_PKG_VERSION"),
             "description": "Read-only queries over communication_traces (DATA-002). Rows use the CommunicationTrace field names; times are UTC ISO-8601. Every response is capped at admin.max_response_bytes; `truncated: true` says something was cut. Ids containing '/' are percent-encoded (%2F) in paths.",
         },
-        "security": [{"bearer": []}],
+        "security": [{"bearer": []}, {"explorerSession": []}],
         "paths": {
             "/api/traces/{traceId}": {"get": {
                 "summary": "The trace chain: every attempt, by attemptNumber (getTraceChain)",
@@ -178,7 +178,8 @@ pub fn document() -> Value {
             }},
         },
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "admin.token or TRACE_PROXY_ADMIN_TOKEN"}},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "admin.token or TRACE_PROXY_ADMIN_TOKEN"},
+                "explorerSession": {"type": "apiKey", "in": "cookie", "name": "trace_proxy_session", "description": "the Memory Explorer's sign-in session (POST /ui/signin)"}},
             "schemas": {
                 "CommunicationTrace": {"type": "object", "properties": trace_props},
                 "AttemptDiff": {"type": "object", "properties": {
@@ -204,7 +205,7 @@ pub fn document() -> Value {
             },
             "responses": {
                 "BadRequest": error("bad input; the message says which parameter and what was expected"),
-                "Unauthorized": error("missing or wrong bearer token"),
+                "Unauthorized": error("missing or wrong bearer token (and no explorer session)"),
                 "NotFound": error("no such trace / execution / endpoint"),
                 "Unavailable": error("the database is unavailable"),
                 "Timeout": error("the query exceeded admin.statement_timeout_ms"),

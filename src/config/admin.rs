@@ -54,18 +54,22 @@ impl Default for RawAdmin {
 pub struct Token(String);
 
 impl Token {
+    pub(crate) fn new(token: String) -> Token {
+        Token(token)
+    }
+
     /// True when `presented` is this token; the comparison time does not depend on where the
     /// first difference is.
     pub fn matches(&self, presented: &[u8]) -> bool {
-        let expected = self.0.as_bytes();
-        if presented.len() != expected.len() {
-            return false;
-        }
-        expected
-            .iter()
-            .zip(presented)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+        bool::from(subtle::ConstantTimeEq::ct_eq(self.0.as_bytes(), presented))
+    }
+
+    /// SHA-256 of the token: what a sign-in session remembers of the token it was made with.
+    pub fn digest(&self) -> [u8; 32] {
+        let d = ring::digest::digest(&ring::digest::SHA256, self.0.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        out
     }
 }
 
@@ -111,7 +115,7 @@ pub(super) fn check(r: &RawAdmin, p: &mut Problems) -> Option<AdminConfig> {
             super::server::socket_addr("admin.listen", &r.listen, off, p).map(Some)
         }
     };
-    let token = (!r.token.is_empty()).then(|| Token(r.token.clone()));
+    let token = (!r.token.is_empty()).then(|| Token::new(r.token.clone()));
     if !r.token.is_empty()
         && (r.token.chars().count() < MIN_TOKEN_CHARS
             || !r.token.bytes().all(|b| b.is_ascii_graphic()))

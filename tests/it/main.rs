@@ -15,3 +15,4 @@ mod recovery;
 mod retention;
 mod sanitize;
 mod support;
+mod ui;

@@ -4,11 +4,14 @@
 //! (`tests/browser/explorer.mjs`) against rows that came from real proxied requests.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, StatusCode};
+use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 
@@ -384,4 +387,218 @@ async fn without_a_token_the_page_says_how_to_enable_it_and_sign_in_is_refused()
     let (status, _, _) = call(&p, "GET", "/ui/", &[], "").await;
     assert_eq!(status, 200, "the page still loads, to explain");
     p.stop().await;
+}
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CANARY_USER: &str = "<img src=x onerror=window.__xss=1>";
+const CANARY_WORKFLOW: &str = "</script><script>window.__xss=2</script>";
+const CANARY_TRACE: &str = "\"><svg/onload=window.__xss=3>";
+
+/// The browser test's directory, once node, Debian's chromium and playwright-core are there
+/// (`scripts/setup-browser.sh` installs them); else why not.
+fn browser_test_dir() -> Result<PathBuf, String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    if !Path::new(CHROMIUM).exists() {
+        return Err(format!("{CHROMIUM} is missing (apt-get install chromium)"));
+    }
+    if !dir.join("node_modules/playwright-core").is_dir() {
+        return Err(format!(
+            "playwright-core is missing (npm ci in {})",
+            dir.display()
+        ));
+    }
+    match Command::new("node").arg("--version").output() {
+        Ok(o) if o.status.success() => Ok(dir),
+        _ => Err("node is missing (apt-get install nodejs)".into()),
+    }
+}
+
+/// A stand-in for n8n: `/webhook/order-sync` fails (503, 500, 503, …), everything else answers
+/// 200 with an n8n execution id.
+async fn n8n_stand_in() -> SocketAddr {
+    let failures = Arc::new(AtomicUsize::new(0));
+    let executions = Arc::new(AtomicUsize::new(1000));
+    upstream(move |req: Request<hyper::body::Incoming>| {
+        let (failures, executions) = (failures.clone(), executions.clone());
+        async move {
+            let failing = req.uri().path().starts_with("/webhook/order-sync");
+            let _ = req.into_body().collect().await;
+            let answer = Response::builder().header("content-type", "application/json");
+            if failing {
+                let status = [503, 500][failures.fetch_add(1, Ordering::SeqCst) % 2];
+                return answer
+                    .status(status)
+                    .body(full(r#"{"message": "n8n is overloaded, try again"}"#))
+                    .expect("response");
+            }
+            let n = executions.fetch_add(1, Ordering::SeqCst);
+            answer
+                .header("x-n8n-execution-id", n.to_string())
+                .body(full(format!(r#"{{"ok": true, "executionId": "{n}"}}"#)))
+                .expect("response")
+        }
+    })
+    .await
+}
+
+/// One request through the proxy: `POST path` with these headers and JSON body; its status.
+async fn through(p: &Proxy, path: &str, headers: &[(&str, &str)], body: &Value) -> u16 {
+    let mut req = Request::post(p.url(path)).header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("request");
+    send(req).await.0.status.as_u16()
+}
+
+/// What the browser test is given to look for.
+struct Sent {
+    failed_trace: String,
+    execution: uuid::Uuid,
+}
+
+/// Real traffic through the proxy: a trace bilko-app retried twice (same `X-Trace-Id`, a
+/// changed body each time) that failed all three times; a request whose ids and body carry
+/// script-injection canaries; and enough successful requests to page through.
+async fn send_traffic(p: &Proxy, db: &TestDb) -> Sent {
+    let failed_trace = new_trace_id();
+    let execution = uuid::Uuid::new_v4();
+    let exec = execution.to_string();
+    for attempt in 1..=3 {
+        let mut body = serde_json::json!({
+            "order": 42, "attempt": attempt, "password": "hunter2-do-not-store",
+            "items": [{"sku": "A-1", "qty": attempt}],
+        });
+        if attempt == 3 {
+            // Beyond capture.max_payload_bytes (1024 in tests): stored with `_truncated`.
+            body["note"] = Value::String("long note ".repeat(110));
+        }
+        let headers = [
+            ("x-trace-id", failed_trace.as_str()),
+            ("x-workflow-id", "order-sync"),
+            ("x-user-id", "alice"),
+            ("x-execution-id", exec.as_str()),
+        ];
+        let status = through(p, "/webhook/order-sync", &headers, &body).await;
+        assert_eq!(status, if attempt == 2 { 500 } else { 503 });
+    }
+    let canary = serde_json::json!({
+        "comment": CANARY_USER, "html": CANARY_WORKFLOW, CANARY_USER: [CANARY_WORKFLOW],
+    });
+    let headers = [
+        ("x-trace-id", CANARY_TRACE),
+        ("x-workflow-id", CANARY_WORKFLOW),
+        ("x-user-id", CANARY_USER),
+    ];
+    assert_eq!(through(p, "/webhook/canary", &headers, &canary).await, 200);
+    for i in 0..11 {
+        let trace = new_trace_id();
+        let mut headers = vec![
+            ("x-trace-id", trace.as_str()),
+            ("x-workflow-id", "nightly-report"),
+            ("x-user-id", "bob"),
+        ];
+        if i < 4 {
+            headers.push(("x-execution-id", exec.as_str()));
+        }
+        let body = serde_json::json!({"report": i});
+        assert_eq!(
+            through(p, "/webhook/nightly-report", &headers, &body).await,
+            200
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows = db
+            .rows("SELECT count(*) FROM communication_traces WHERE overall_status IN ('success', 'failed')")
+            .await;
+        if rows[0].get::<_, i64>(0) == 15 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rows not final within 10 s");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Sent {
+        failed_trace,
+        execution,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_explorer_works_in_a_real_browser() {
+    let dir = match browser_test_dir() {
+        Ok(dir) => dir,
+        Err(why) if std::env::var_os("CI").is_some() => {
+            panic!("the browser test must run in CI: {why}; scripts/test.sh installs it")
+        }
+        Err(why) => {
+            eprintln!("SKIPPED the_explorer_works_in_a_real_browser: {why}; scripts/setup-browser.sh installs it");
+            return;
+        }
+    };
+    let db = TestDb::new().await;
+    let p = start(&db, n8n_stand_in().await, TOKEN).await;
+    let sent = send_traffic(&p, &db).await;
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("explorer");
+    let log_dir = tempfile::tempdir().expect("tempdir");
+    let log_path = log_dir.path().join("browser.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = Command::new("node")
+        .arg(dir.join("explorer.mjs"))
+        .current_dir(&dir)
+        .env("ADMIN_URL", origin(&p))
+        .env("PROXY_URL", format!("http://{}", p.addr))
+        .env("TOKEN", TOKEN)
+        .env("FAILED_TRACE", &sent.failed_trace)
+        .env("CANARY_TRACE", CANARY_TRACE)
+        .env("CANARY_USER", CANARY_USER)
+        .env("CANARY_WORKFLOW", CANARY_WORKFLOW)
+        .env("EXECUTION_ID", sent.execution.to_string())
+        .env("OUT_DIR", &out)
+        .env("CHROMIUM", CHROMIUM)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn node");
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for node") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+    p.stop().await;
+    eprintln!("{output}");
+    match status {
+        Some(s) if s.success() => {}
+        Some(s) => panic!(
+            "browser test failed ({s}); screenshots in {}",
+            out.display()
+        ),
+        None => panic!("browser test did not finish within 240 s"),
+    }
+    for view in [
+        "overview",
+        "traces",
+        "trace",
+        "canary",
+        "live-tail",
+        "workflow",
+        "user",
+        "execution",
+    ] {
+        assert!(
+            out.join(format!("{view}.png")).is_file(),
+            "no screenshot of {view}"
+        );
+    }
 }

@@ -74,17 +74,19 @@ export function lineChart(title, buckets, lines, { format = String, max: fixedMa
   const g = s('g', {});
   for (const line of lines) {
     let d = '';
-    let pen = false;
+    const value = (i) => (i >= 0 && i < buckets.length ? line.value(buckets[i]) : null);
     buckets.forEach((b, i) => {
-      const v = line.value(b);
-      if (v === null || v === undefined) {
-        pen = false;
-        return;
-      }
+      const v = value(i);
+      if (v === null || v === undefined) return;
       const x = (PAD.left + i * bw + bw / 2).toFixed(1);
       const y = (PAD.top + ih * (1 - Math.min(v, max) / max)).toFixed(1);
-      d += `${pen ? 'L' : 'M'}${x} ${y} `;
-      pen = true;
+      const before = value(i - 1);
+      const after = value(i + 1);
+      d += `${before === null || before === undefined ? 'M' : 'L'}${x} ${y} `;
+      // A value with no neighbour draws no line: mark it with a dot.
+      if ((before === null || before === undefined) && (after === null || after === undefined)) {
+        g.appendChild(s('circle', { cx: x, cy: y, r: 4, class: `dot ${line.class}` }, s('title', {}, `${line.name}: ${format(v)}`)));
+      }
     });
     if (d) g.appendChild(s('path', { d: d.trim(), class: `line ${line.class}` }, s('title', {}, line.name)));
   }

@@ -41,7 +41,7 @@ export function charts(body, filter = {}) {
     lineChart('Duration', body.buckets, [
       { value: (b) => b.p50DurationMs, class: 'line-p50', name: 'p50' },
       { value: (b) => b.p95DurationMs, class: 'line-p95', name: 'p95' },
-    ], { format: (v) => duration(Math.round(v)) }));
+    ], { format: (v) => duration(Math.round(v)), max: Math.max(10, ...body.buckets.map((b) => b.p95DurationMs || 0)) }));
 }
 
 export function totals(body) {

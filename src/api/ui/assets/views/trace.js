@@ -12,10 +12,21 @@ import { jsonTree, inline, isRedacted } from '../json.js';
 const W = 640;
 const ROW = 26;
 
+// A bar's duration: right of it, else left of it, else inside it at its end.
+function barLabel(x0, width, left, y, text) {
+  const room = 80;
+  if (x0 + width + room <= W) return s('text', { x: x0 + width + 4, y, class: 'tl-value' }, text);
+  if (x0 - room >= left) return s('text', { x: x0 - 4, y, class: 'tl-value', 'text-anchor': 'end' }, text);
+  return s('text', { x: x0 + width - 4, y, class: 'tl-value tl-inside', 'text-anchor': 'end' }, text);
+}
+
 // Attempts as bars on one time axis: where each started and how long it took.
 function timeline(items) {
   const start = (r) => Date.parse(r.requestedAt);
-  const end = (r) => (r.respondedAt ? Date.parse(r.respondedAt) : start(r) + (r.durationMs || 0));
+  // The stored duration, so each bar matches its label; the response time when there is none.
+  const end = (r) => (r.durationMs !== null && r.durationMs !== undefined
+    ? start(r) + r.durationMs
+    : (r.respondedAt ? Date.parse(r.respondedAt) : start(r)));
   const t0 = Math.min(...items.map(start));
   const t1 = Math.max(...items.map(end), t0 + 1);
   const left = 90;
@@ -33,7 +44,7 @@ function timeline(items) {
       s('title', {}, label),
       s('text', { x: 4, y: y + 14, class: 'tl-label' }, `#${r.attemptNumber}`),
       s('rect', { x: x0, y, width, height: ROW - 8, class: `tl-bar status-${r.overallStatus}` }),
-      s('text', { x: Math.min(x0 + width + 4, W - 80), y: y + 15, class: 'tl-value' }, duration(r.durationMs))));
+      barLabel(x0, width, left, y + 15, duration(r.durationMs))));
   });
   svg.appendChild(s('text', { x: left, y: height - 4, class: 'tl-axis' }, '0 ms'));
   svg.appendChild(s('text', { x: W - 10, y: height - 4, class: 'tl-axis', 'text-anchor': 'end' }, `+${duration(t1 - t0)}`));

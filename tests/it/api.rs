@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use chrono::{NaiveDateTime, TimeDelta};
+use chrono::{NaiveDateTime, TimeDelta, Timelike};
 use http::{Request, Response};
 use http_body_util::Full;
 use serde_json::{json, Value};
@@ -908,6 +908,156 @@ async fn openapi_describes_every_endpoint_and_each_answers() {
     a.stop().await;
 }
 
+#[tokio::test]
+async fn overview_buckets_counts_failures_durations_and_top_failures() {
+    let db = TestDb::new().await;
+    let a = started(&db, "").await;
+    // A whole hour in the recent past: the window's end, aligned for every window size.
+    let now = trace_proxy::trace::now_utc();
+    let until = now
+        .date()
+        .and_hms_opt(now.time().hour(), 0, 0)
+        .expect("hour")
+        - TimeDelta::hours(1);
+    let at = |secs_before: i64| until - secs(secs_before);
+    let row = |trace: &str, t, wf: &str, status, code, ms| {
+        let mut r = Row::new(trace, 1, t);
+        r.workflow = String::from(wf);
+        r.status = status;
+        r.code = code;
+        r.duration = Some(ms);
+        r
+    };
+    insert(
+        &db,
+        &[
+            row("o1", at(3570), "a", "success", None, 10),
+            row("o2", at(3565), "a", "success", None, 30),
+            row("o3", at(3560), "a", "failed", Some("HTTP_503"), 50),
+            row("o4", at(60), "b", "failed", Some("TIMEOUT"), 100),
+            // Outside the window on either side.
+            row("o5", until, "a", "failed", Some("HTTP_500"), 1),
+            row("o6", at(3660), "a", "failed", Some("HTTP_500"), 1),
+            // Unfinished now, whenever it started.
+            row("o7", at(7200), "b", "pending", None, 0),
+        ],
+    )
+    .await;
+    let iso = |t: NaiveDateTime| trace_proxy::trace::iso_utc(&t);
+    let v = a
+        .ok(&format!("/api/overview?window=hour&until={}", iso(until)))
+        .await;
+    assert_eq!(v["since"], iso(until - TimeDelta::hours(1)));
+    assert_eq!(v["until"], iso(until));
+    assert_eq!(v["bucketSeconds"], 60);
+    let buckets = v["buckets"].as_array().expect("buckets");
+    assert_eq!(buckets.len(), 60, "every bucket, empty ones included");
+    assert_eq!(buckets[0]["start"], iso(until - TimeDelta::hours(1)));
+    assert_eq!(
+        (&buckets[0]["count"], &buckets[0]["failed"]),
+        (&json!(3), &json!(1))
+    );
+    assert_eq!(
+        (&buckets[0]["p50DurationMs"], &buckets[0]["p95DurationMs"]),
+        (&json!(30), &json!(50))
+    );
+    assert_eq!(buckets[59]["count"], 1);
+    assert_eq!(buckets[30]["count"], 0);
+    assert_eq!(buckets[30]["p50DurationMs"], Value::Null);
+    let t = &v["totals"];
+    assert_eq!(
+        (&t["count"], &t["failed"], &t["success"]),
+        (&json!(4), &json!(2), &json!(2))
+    );
+    assert_eq!(t["failureRate"], 0.5);
+    assert_eq!(
+        v["topFailingWorkflows"],
+        json!([{"key": "a", "count": 3, "failed": 1}, {"key": "b", "count": 1, "failed": 1}])
+    );
+    assert_eq!(
+        v["topErrorCodes"],
+        json!([{"key": "HTTP_503", "count": 1, "failed": 1}, {"key": "TIMEOUT", "count": 1, "failed": 1}])
+    );
+    assert_eq!(v["unfinishedNow"]["pending"], 1);
+    assert_eq!(v["unfinishedNow"]["inProgress"], 0);
+    assert_eq!(v["unfinishedNow"]["oldestRequestedAt"], iso(at(7200)));
+    // One workflow; `until` between boundaries ends the window at the next one.
+    let v = a
+        .ok(&format!(
+            "/api/overview?window=hour&workflowId=b&limit=1&until={}",
+            iso(until - secs(50))
+        ))
+        .await;
+    assert_eq!(v["until"], iso(until));
+    assert_eq!(v["workflowId"], "b");
+    assert_eq!(v["totals"]["count"], 1);
+    assert_eq!(
+        v["topErrorCodes"],
+        json!([{"key": "TIMEOUT", "count": 1, "failed": 1}])
+    );
+    assert_eq!(v["unfinishedNow"]["pending"], 1);
+    let v = a
+        .ok(&format!("/api/overview?window=week&until={}", iso(until)))
+        .await;
+    assert_eq!(v["buckets"].as_array().map(Vec::len), Some(168));
+    assert_eq!(v["bucketSeconds"], 3600);
+    assert_eq!(v["totals"]["count"], 6);
+    let v = a.ok("/api/overview").await;
+    assert_eq!(
+        (&v["window"], v["buckets"].as_array().map(Vec::len)),
+        (&json!("day"), Some(96))
+    );
+    for bad in [
+        "window=month",
+        "limit=0",
+        "workflowId=",
+        "until=yesterday",
+        "since=x",
+    ] {
+        let (status, v) = a.get(&format!("/api/overview?{bad}")).await;
+        assert_eq!(status, 400, "{bad}: {v}");
+    }
+    a.stop().await;
+}
+
+/// `fields=*` adds trace-proxy's HTTP columns to the DATA-002 fields.
+#[tokio::test]
+async fn fields_star_adds_the_http_columns_of_a_real_request() {
+    let db = TestDb::new().await;
+    let (up, _) = counting_upstream(|_| async {
+        Response::builder()
+            .status(502)
+            .body(full("bad gateway"))
+            .expect("response")
+    })
+    .await;
+    let a = Admin::start(&admin_config(&db, up, "")).await;
+    let trace = new_trace_id();
+    let (parts, _) = send(get(
+        &format!("http://{}/webhook/x?token=s3cret", a.proxy),
+        &trace,
+    ))
+    .await;
+    assert_eq!(parts.status, 502);
+    db.final_rows(&trace, 1).await;
+    let v = a.ok(&format!("/api/traces/{trace}?fields=*")).await;
+    let row = &items(&v)[0];
+    assert_eq!(row.as_object().map(|m| m.len()), Some(21));
+    assert_eq!(row["httpMethod"], "GET");
+    assert_eq!(row["httpTarget"], "/webhook/x?token=%5BREDACTED%5D");
+    assert_eq!(row["httpStatus"], 502);
+    let v = a.ok(&format!("/api/traces/{trace}")).await;
+    assert!(
+        items(&v)[0].get("httpStatus").is_none(),
+        "DATA-002 fields only by default"
+    );
+    let v = a
+        .ok("/api/traces?fields=traceId,httpStatus&userId=anonymous")
+        .await;
+    assert_eq!(items(&v)[0], json!({"traceId": trace, "httpStatus": 502}));
+    a.stop().await;
+}
+
 /// The query functions the CLI uses, and the CLI binary itself.
 #[tokio::test]
 async fn traces_cli_prints_tables_and_the_api_json() {
@@ -1175,6 +1325,66 @@ async fn every_query_pattern_is_served_by_an_index() {
             .any(|(_, i)| i.as_deref() == Some("idx_traces_requested_at")),
         "stats: {nodes:?}"
     );
+    // The explorer's overview: one day of buckets and top failures over the time index, one
+    // workflow over its own time index, and the unfinished rows over the partial index.
+    let width: f64 = 900.0;
+    let top: i64 = 10;
+    for workflow in [false, true] {
+        let (index, buckets, tops): (
+            _,
+            Vec<&(dyn tokio_postgres::types::ToSql + Sync)>,
+            Vec<&(dyn tokio_postgres::types::ToSql + Sync)>,
+        ) = match workflow {
+            false => (
+                "idx_traces_requested_at",
+                vec![&since, &until, &width],
+                vec![&since, &until, &top],
+            ),
+            true => (
+                "idx_traces_workflow_time",
+                vec![&since, &until, &width, &w],
+                vec![&since, &until, &top, &w],
+            ),
+        };
+        assert_uses(
+            &explain(&db, &query::overview_buckets_sql(workflow), &buckets).await,
+            index,
+            "overview buckets",
+        );
+        assert_uses(
+            &explain(&db, &query::overview_top_sql(workflow), &tops).await,
+            index,
+            "overview top failures",
+        );
+    }
+    assert_uses(
+        &explain(&db, &query::unfinished_sql(false), &[]).await,
+        "idx_traces_unresolved_by_instance|idx_traces_status",
+        "unfinished now",
+    );
+    assert_uses(
+        &explain(&db, &query::unfinished_sql(true), &[&w]).await,
+        "idx_traces_unresolved_by_instance|idx_traces_status|idx_traces_workflow_time|idx_traces_workflow_id",
+        "unfinished now, one workflow",
+    );
+    let by_workflow = SearchFilter {
+        workflow_id: Some(w.into()),
+        ..SearchFilter::default()
+    };
+    assert_uses(
+        &explain(&db, &query::search_sql(&by_workflow, &page), &[&w, &limit]).await,
+        "idx_traces_workflow_time",
+        "search by workflow",
+    );
+    let o = query::overview(&db.client, query::Window::Day, until, None, top)
+        .await
+        .expect("overview");
+    assert_eq!(o.buckets.len(), 96);
+    assert_eq!(
+        o.buckets.iter().map(|b| b.stats.count).sum::<i64>(),
+        o.totals.count
+    );
+    assert!(o.totals.count > 1000 && !o.top_workflows.is_empty());
     // And the query functions agree with the SQL explained above.
     let c = &db.client;
     let found = query::recent_failures(c, w, &page).await.expect("failures");

@@ -80,6 +80,8 @@ pub struct ApiState {
     spool_max_bytes: Option<u64>,
     /// The Memory Explorer's sessions and settings.
     explorer: ui::Explorer,
+    /// The current overview windows, kept briefly (`overview`).
+    overviews: Arc<overview::OverviewCache>,
 }
 
 impl ApiState {
@@ -91,6 +93,7 @@ impl ApiState {
             metrics,
             spool_max_bytes: None,
             explorer: ui::Explorer::new(admin),
+            overviews: Arc::default(),
         }
     }
 

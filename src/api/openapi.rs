@@ -235,6 +235,7 @@ fn overview_path() -> Value {
         "responses": {
             "200": {"description": "the window", "content": {"application/json": {"schema": {"type": "object", "properties": {
                 "window": {"type": "string"}, "since": {"type": "string", "format": "date-time"}, "until": {"type": "string", "format": "date-time"},
+                "generatedAt": {"type": "string", "format": "date-time", "description": "when the buckets were read: the current window (no until) is kept up to 5 s (hour), 30 s (day) or 120 s (week), and served once more while it is read again"},
                 "bucketSeconds": {"type": "integer"}, "workflowId": {"type": ["string", "null"]},
                 "totals": {"$ref": "#/components/schemas/Stats"},
                 "buckets": {"type": "array", "description": "every bucket, oldest first, empty ones included", "items": {"allOf": [

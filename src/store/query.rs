@@ -535,7 +535,7 @@ pub async fn stats(
 }
 
 /// The spans the explorer's overview shows, each cut into equal buckets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Window {
     /// 60 buckets of a minute.
     Hour,
@@ -642,7 +642,6 @@ pub struct Overview {
     pub buckets: Vec<Bucket>,
     pub top_workflows: Vec<Ranked>,
     pub top_error_codes: Vec<Ranked>,
-    pub unfinished: Unfinished,
 }
 
 /// `AND workflow_id = $n` when the overview is of one workflow.
@@ -706,8 +705,8 @@ pub fn unfinished_sql(workflow: bool) -> String {
 }
 
 /// The overview of `window` ending at `until` (aligned by [`Window::ending_at`]), of every
-/// workflow or of one, with the `top` workflows and error codes by failures. The three
-/// statements are pipelined on one connection.
+/// workflow or of one, with the `top` workflows and error codes by failures. The two statements
+/// are pipelined on one connection.
 pub async fn overview(
     client: &impl GenericClient,
     window: Window,
@@ -718,23 +717,16 @@ pub async fn overview(
     let since = until - window.bucket() * window.buckets();
     let width = window.bucket().num_seconds() as f64;
     let wf = workflow_id.is_some();
-    let (buckets_sql, top_sql, unfinished_sql) = (
-        overview_buckets_sql(wf),
-        overview_top_sql(wf),
-        unfinished_sql(wf),
-    );
+    let (buckets_sql, top_sql) = (overview_buckets_sql(wf), overview_top_sql(wf));
     let mut bucket_params: Vec<&(dyn ToSql + Sync)> = vec![&since, &until, &width];
     let mut top_params: Vec<&(dyn ToSql + Sync)> = vec![&since, &until, &top];
-    let mut unfinished_params: Vec<&(dyn ToSql + Sync)> = Vec::new();
     if let Some(w) = &workflow_id {
         bucket_params.push(w);
         top_params.push(w);
-        unfinished_params.push(w);
     }
-    let (bucket_rows, top_rows, unfinished_rows) = tokio::try_join!(
+    let (bucket_rows, top_rows) = tokio::try_join!(
         client.query(&buckets_sql, &bucket_params),
         client.query(&top_sql, &top_params),
-        client.query(&unfinished_sql, &unfinished_params),
     )?;
     let mut totals = StatsRow::empty();
     let mut buckets: Vec<Bucket> = (0..window.buckets())
@@ -767,7 +759,25 @@ pub async fn overview(
             _ => top_error_codes.push(ranked),
         }
     }
-    let unfinished = match unfinished_rows.first() {
+    Ok(Overview {
+        totals,
+        buckets,
+        top_workflows,
+        top_error_codes,
+    })
+}
+
+/// The attempts pending or in progress now, of every workflow or of one.
+pub async fn unfinished(
+    client: &impl GenericClient,
+    workflow_id: Option<&str>,
+) -> Result<Unfinished, QueryError> {
+    let sql = unfinished_sql(workflow_id.is_some());
+    let rows = match &workflow_id {
+        Some(w) => client.query(&sql, &[w]).await?,
+        None => client.query(&sql, &[]).await?,
+    };
+    Ok(match rows.first() {
         Some(r) => Unfinished {
             pending: r.try_get("pending")?,
             in_progress: r.try_get("in_progress")?,
@@ -778,13 +788,6 @@ pub async fn overview(
             in_progress: 0,
             oldest_requested_at: None,
         },
-    };
-    Ok(Overview {
-        totals,
-        buckets,
-        top_workflows,
-        top_error_codes,
-        unfinished,
     })
 }
 

@@ -1020,6 +1020,49 @@ async fn overview_buckets_counts_failures_durations_and_top_failures() {
     a.stop().await;
 }
 
+/// The current window is kept for a few seconds (hour: 5 s) and then read again; the unfinished
+/// attempts are read on every request.
+#[tokio::test]
+async fn the_current_overview_is_kept_briefly_and_unfinished_counts_stay_live() {
+    let db = TestDb::new().await;
+    let a = started(&db, "").await;
+    let recent = trace_proxy::trace::now_utc() - secs(30);
+    insert(&db, &[Row::new("k1", 1, recent)]).await;
+    let first = a.ok("/api/overview?window=hour").await;
+    assert_eq!(first["totals"]["count"], 1);
+    let mut pending = Row::new("k2", 1, recent);
+    pending.status = "pending";
+    insert(&db, &[Row::new("k3", 1, recent), pending]).await;
+    let kept = a.ok("/api/overview?window=hour").await;
+    assert_eq!(kept["generatedAt"], first["generatedAt"], "{kept}");
+    assert_eq!(
+        kept["totals"]["count"], 1,
+        "buckets come from the kept read"
+    );
+    assert_eq!(kept["unfinishedNow"]["pending"], 1, "unfinished is live");
+    // A past window is read as asked, never from what is kept.
+    let until = trace_proxy::trace::iso_utc(&(recent + TimeDelta::minutes(2)));
+    let past = a
+        .ok(&format!("/api/overview?window=hour&until={until}"))
+        .await;
+    assert_eq!(past["totals"]["count"], 3);
+    // Once stale, the kept read is served once more while it is read again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let v = a.ok("/api/overview?window=hour").await;
+        if v["totals"]["count"] == 3 {
+            assert_ne!(v["generatedAt"], first["generatedAt"]);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never read again: {v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    a.stop().await;
+}
+
 /// `fields=*` adds trace-proxy's HTTP columns to the DATA-002 fields.
 #[tokio::test]
 async fn fields_star_adds_the_http_columns_of_a_real_request() {
@@ -1379,6 +1422,10 @@ async fn every_query_pattern_is_served_by_an_index() {
     let o = query::overview(&db.client, query::Window::Day, until, None, top)
         .await
         .expect("overview");
+    let unfinished = query::unfinished(&db.client, Some(w))
+        .await
+        .expect("unfinished");
+    assert_eq!(unfinished.pending, 0);
     assert_eq!(o.buckets.len(), 96);
     assert_eq!(
         o.buckets.iter().map(|b| b.stats.count).sum::<i64>(),

@@ -72,7 +72,7 @@ export default async function overview(main, { params }) {
   const u = body.unfinishedNow;
   replace(main,
     h('div', { class: 'page-head' }, h('h1', {}, 'Overview'), windowTabs(w, (x) => `/ui/${qs({ window: x })}`)),
-    h('p', { class: 'muted' }, 'From ', time(body.since), ' to ', time(body.until), ` in ${body.buckets.length} buckets.`),
+    h('p', { class: 'muted' }, 'From ', time(body.since), ' to ', time(body.until), ` in ${body.buckets.length} buckets, read at `, time(body.generatedAt), '.'),
     panel(`Last ${w}`, res, totals(body), charts(body)),
     h('div', { class: 'two' },
       panel('Top failing workflows', null, table([

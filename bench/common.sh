@@ -134,3 +134,81 @@ wrk.headers["X-Workflow-Id"] = "bench"
 wrk.headers["X-User-Id"] = "bench-user"
 EOF
 }
+
+# ---- The query benches (bench/query.sh, bench/ui.sh): trace-proxy with its admin API over a
+# dedicated database. Callers set BENCH_DB, BENCH_PORT_BASE and REPO, and name
+# stop_proxy_and_clean in their EXIT trap.
+
+PROXY_PID=""
+TMP=""
+
+# Stops the proxy started by start_admin_proxy, if it runs, and removes TMP.
+stop_proxy_and_clean() {
+    if [[ -n $PROXY_PID ]] && kill -0 "$PROXY_PID" 2>/dev/null; then
+        kill -TERM "$PROXY_PID" 2>/dev/null || true
+        wait "$PROXY_PID" 2>/dev/null || true
+    fi
+    PROXY_PID=""
+    [[ -n $TMP ]] && rm -rf "$TMP"
+}
+
+# Builds trace-proxy and examples/query_load (release), re-creates BENCH_DB, and writes and
+# migrates $TMP/proxy.toml: a proxy on $HOST:$PROXY_PORT, its admin API on $HOST:$ADMIN_PORT with
+# a fresh TOKEN, no retention passes. Sets HOST, PROXY_PORT, ADMIN_PORT, TOKEN, TMP, DB_URL,
+# PSQL, BIN and LOAD.
+admin_bench_setup() {
+    HOST=127.0.0.1
+    PROXY_PORT=$BENCH_PORT_BASE
+    ADMIN_PORT=$((BENCH_PORT_BASE + 1))
+    TOKEN="bench-token-$(date +%s)-0123456789"
+    require_loopback_database_url
+    command -v psql >/dev/null || die "psql is required"
+    TMP=$(mktemp -d)
+    DB_URL=$(bench_database_url)
+    PSQL=(psql -X -q -v ON_ERROR_STOP=1)
+    log "building (release)"
+    (cd "$REPO" && cargo build --release --quiet --bin trace-proxy --example query_load)
+    TARGET_DIR=$(cargo_target_dir)
+    BIN=$TARGET_DIR/release/trace-proxy
+    # shellcheck disable=SC2034 # used by the benches that source this file
+    LOAD=$TARGET_DIR/release/examples/query_load
+    log "re-creating database $BENCH_DB"
+    "${PSQL[@]}" "$BENCH_DATABASE_URL" -c "DROP DATABASE IF EXISTS $BENCH_DB" -c "CREATE DATABASE $BENCH_DB"
+    ensure_port_free "$PROXY_PORT" "set BENCH_PORT_BASE"
+    ensure_port_free "$ADMIN_PORT" "set BENCH_PORT_BASE"
+    cat >"$TMP/proxy.toml" <<EOF
+[server]
+listen = "$HOST:$PROXY_PORT"
+[database]
+url = "$DB_URL"
+[admin]
+listen = "$HOST:$ADMIN_PORT"
+token = "$TOKEN"
+[retention]
+interval = "0"
+[log]
+level = "warn"
+[[routes]]
+name = "n8n"
+upstream = "http://$HOST:9"
+source_service = "bilko-app"
+destination_service = "n8n"
+EOF
+    "$BIN" migrate --config "$TMP/proxy.toml" >/dev/null
+}
+
+# EXPLAIN ANALYZE of statement $2 in DB_URL under the heading $1, keeping the lines that say how
+# the rows were found and what it cost.
+explain_query() {
+    echo "# $1"
+    "${PSQL[@]}" "$DB_URL" -At -c "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) $2" |
+        grep -E 'Index|Scan|Limit|Sort|Aggregate|Execution Time|Planning Time' | sed 's/^/    /'
+}
+
+# Starts trace-proxy on $TMP/proxy.toml (PROXY_PID) and waits for its admin listener.
+start_admin_proxy() {
+    log "starting trace-proxy with the admin API on $HOST:$ADMIN_PORT"
+    TRACE_PROXY_SPOOL_DIR="$TMP/spool" "$BIN" serve --config "$TMP/proxy.toml" 2>"$TMP/proxy.log" &
+    PROXY_PID=$!
+    wait_for_port "$ADMIN_PORT" "$PROXY_PID" 30 trace-proxy "$TMP/proxy.log"
+}

@@ -36,71 +36,13 @@ BENCH_PORT_BASE=${BENCH_PORT_BASE:-19080}
 WRITE_ROWS=${WRITE_ROWS:-100000}
 
 BENCH_DB=trace_proxy_bench_query
-HOST=127.0.0.1
-PROXY_PORT=$BENCH_PORT_BASE
-ADMIN_PORT=$((BENCH_PORT_BASE + 1))
-TOKEN="bench-token-$(date +%s)-0123456789"
 TRACES=$((ROWS / 2))
 WORKFLOWS=1000
 USERS=50000
-
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PROXY_PID=""
-TMP=""
 
-
-cleanup() {
-    if [[ -n $PROXY_PID ]] && kill -0 "$PROXY_PID" 2>/dev/null; then
-        kill -TERM "$PROXY_PID" 2>/dev/null || true
-        wait "$PROXY_PID" 2>/dev/null || true
-    fi
-    [[ -n $TMP ]] && rm -rf "$TMP"
-}
-trap cleanup EXIT
-
-
-wait_port() {
-    for _ in $(seq 1 200); do
-        if (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    die "nothing listening on $HOST:$1"
-}
-
-command -v psql >/dev/null || die "psql is required"
-TMP=$(mktemp -d)
-DB_URL=$(bench_database_url)
-PSQL=(psql -X -q -v ON_ERROR_STOP=1)
-
-log "building (release)"
-(cd "$REPO" && cargo build --release --quiet --bin trace-proxy --example query_load)
-TARGET_DIR=$(cargo_target_dir)
-BIN=$TARGET_DIR/release/trace-proxy
-LOAD=$TARGET_DIR/release/examples/query_load
-
-log "re-creating database $BENCH_DB"
-"${PSQL[@]}" "$BENCH_DATABASE_URL" -c "DROP DATABASE IF EXISTS $BENCH_DB" -c "CREATE DATABASE $BENCH_DB"
-
-cat >"$TMP/proxy.toml" <<EOF
-[server]
-listen = "$HOST:$PROXY_PORT"
-[database]
-url = "$DB_URL"
-[admin]
-listen = "$HOST:$ADMIN_PORT"
-token = "$TOKEN"
-[retention]
-interval_secs = 0
-[log]
-level = "warn"
-[[routes]]
-name = "n8n"
-upstream = "http://$HOST:9"
-source_service = "bilko-app"
-destination_service = "n8n"
-EOF
-
-"$BIN" migrate --config "$TMP/proxy.toml" >/dev/null
+trap stop_proxy_and_clean EXIT
+admin_bench_setup
 
 log "loading $ROWS rows ($TRACES traces x 2 attempts, $WORKFLOWS workflows, $USERS users, 29 days)"
 load_start=$(date +%s.%N)
@@ -143,20 +85,12 @@ EOF
 
 echo
 echo "---- EXPLAIN ANALYZE at $ROWS rows (the API's SQL, one random id each) ----"
-explain() {
-    echo "# $1"
-    "${PSQL[@]}" "$DB_URL" -At -c "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) $2" |
-        grep -E 'Index|Scan|Limit|Sort|Execution Time|Planning Time' | sed 's/^/    /'
-}
 COLS="id, trace_id, execution_id, attempt_number, source_service, destination_service, workflow_id, action, user_id, requested_at, responded_at, duration_ms, request_payload, response_payload, overall_status, error_code, error_detail, n8n_execution_id"
-explain "chain" "SELECT $COLS FROM communication_traces WHERE trace_id = 't$((RANDOM * 7 % TRACES))' ORDER BY attempt_number LIMIT 1001"
-explain "failures" "SELECT $COLS FROM communication_traces WHERE workflow_id = 'wf-$((RANDOM % WORKFLOWS))' AND overall_status = 'failed' ORDER BY requested_at DESC, id DESC LIMIT 51"
-explain "history" "SELECT $COLS FROM communication_traces WHERE user_id = 'user-$((RANDOM % USERS))' ORDER BY requested_at DESC, id DESC LIMIT 51"
+explain_query "chain" "SELECT $COLS FROM communication_traces WHERE trace_id = 't$((RANDOM * 7 % TRACES))' ORDER BY attempt_number LIMIT 1001"
+explain_query "failures" "SELECT $COLS FROM communication_traces WHERE workflow_id = 'wf-$((RANDOM % WORKFLOWS))' AND overall_status = 'failed' ORDER BY requested_at DESC, id DESC LIMIT 51"
+explain_query "history" "SELECT $COLS FROM communication_traces WHERE user_id = 'user-$((RANDOM % USERS))' ORDER BY requested_at DESC, id DESC LIMIT 51"
 
-log "starting trace-proxy with the admin API on $HOST:$ADMIN_PORT"
-TRACE_PROXY_SPOOL_DIR="$TMP/spool" "$BIN" serve --config "$TMP/proxy.toml" 2>"$TMP/proxy.log" &
-PROXY_PID=$!
-wait_port "$ADMIN_PORT"
+start_admin_proxy
 
 echo
 echo "---- API latency, $REQUESTS requests per run, random ids ----"

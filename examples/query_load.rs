@@ -1,9 +1,14 @@
-//! Load driver for `bench/query.sh`: sends GET requests for one query pattern of the admin API
-//! over `concurrency` keep-alive connections and prints the latency distribution.
+//! Load driver for `bench/query.sh` and `bench/ui.sh`: loads the pages of one pattern of the
+//! admin API over `concurrency` keep-alive connections and prints the latency distribution. A
+//! page is the set of API calls one view makes, sent at once as the explorer does; its latency
+//! is the time until the last answer is read.
 //!
 //! ```text
 //! query_load <admin addr> <token> <pattern> <requests> <concurrency> <traces> <workflows> <users>
-//! pattern: chain | failures | history
+//! pattern: chain | failures | history                      (one call, bench/query.sh)
+//!        | list | list-failed | trace | overview-hour | overview-day | overview-week | workflow
+//!        | overview-day-cold | overview-week-cold | workflow-cold
+//!                                                           (the explorer's pages, bench/ui.sh)
 //! ```
 //! Ids are drawn uniformly from the ranges the bench loaded (`t<n>`, `wf-<n>`, `user-<n>`), so
 //! every request hits a different, mostly uncached, part of the indexes.
@@ -14,6 +19,13 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+
+/// Now, as an RFC 3339 query value.
+fn now() -> String {
+    chrono::Utc::now()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        .replace('+', "%2B")
+}
 
 fn arg<T: std::str::FromStr>(args: &[String], i: usize, name: &str) -> T {
     args.get(i)
@@ -32,14 +44,42 @@ async fn main() {
     let traces: u64 = arg(&args, 6, "traces");
     let workflows: u64 = arg(&args, 7, "workflows");
     let users: u64 = arg(&args, 8, "users");
-    let path = move |rng: &mut fastrand::Rng| match pattern.as_str() {
-        "chain" => format!("/api/traces/t{}", rng.u64(0..traces)),
-        "failures" => format!(
-            "/api/workflows/wf-{}/failures?limit=50",
-            rng.u64(0..workflows)
-        ),
-        "history" => format!("/api/users/user-{}/history?limit=50", rng.u64(0..users)),
-        other => panic!("unknown pattern {other}"),
+    let paths = move |rng: &mut fastrand::Rng| -> Vec<String> {
+        let (t, w) = (rng.u64(0..traces), rng.u64(0..workflows));
+        let rows = "fields=*&payloads=none";
+        match pattern.as_str() {
+            "chain" => vec![format!("/api/traces/t{t}")],
+            "failures" => vec![format!("/api/workflows/wf-{w}/failures?limit=50")],
+            "history" => vec![format!(
+                "/api/users/user-{}/history?limit=50",
+                rng.u64(0..users)
+            )],
+            // The explorer's views: what each one fetches when it opens.
+            "list" => vec![format!("/api/traces?{rows}")],
+            "list-failed" => vec![format!("/api/traces?status=failed&{rows}")],
+            "trace" => vec![
+                format!("/api/traces/t{t}?fields=*&payloads=full"),
+                format!("/api/traces/t{t}/diff?payloads=full"),
+            ],
+            "overview-hour" => vec!["/api/overview?window=hour".into()],
+            "overview-day" => vec!["/api/overview?window=day".into()],
+            "overview-week" => vec!["/api/overview?window=week".into()],
+            "workflow" => vec![
+                format!("/api/overview?window=week&workflowId=wf-{w}"),
+                format!("/api/workflows/wf-{w}/failures?limit=20&{rows}"),
+            ],
+            // The same with `until`: read from the database every time, never the kept window.
+            "overview-day-cold" => vec![format!("/api/overview?window=day&until={}", now())],
+            "overview-week-cold" => vec![format!("/api/overview?window=week&until={}", now())],
+            "workflow-cold" => vec![
+                format!(
+                    "/api/overview?window=week&workflowId=wf-{w}&until={}",
+                    now()
+                ),
+                format!("/api/workflows/wf-{w}/failures?limit=20&{rows}"),
+            ],
+            other => panic!("unknown pattern {other}"),
+        }
     };
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(concurrency)
@@ -48,30 +88,35 @@ async fn main() {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for t in 0..concurrency {
-        let (client, addr, token, path) =
-            (client.clone(), addr.clone(), token.clone(), path.clone());
+        let (client, addr, token, paths) =
+            (client.clone(), addr.clone(), token.clone(), paths.clone());
         tasks.push(tokio::spawn(async move {
             let mut rng = fastrand::Rng::with_seed(t as u64 + 1);
             let mut lat = Vec::with_capacity(per_task);
             let mut bytes = 0usize;
             let mut errors = 0usize;
             for _ in 0..per_task {
-                let req = http::Request::get(format!("http://{addr}{}", path(&mut rng)))
-                    .header("authorization", format!("Bearer {token}"))
-                    .body(Empty::new())
-                    .expect("request");
                 let t0 = Instant::now();
-                match client.request(req).await {
-                    Ok(resp) => {
+                let calls = paths(&mut rng).into_iter().map(|path| {
+                    let req = http::Request::get(format!("http://{addr}{path}"))
+                        .header("authorization", format!("Bearer {token}"))
+                        .body(Empty::new())
+                        .expect("request");
+                    let client = client.clone();
+                    async move {
+                        let resp = client.request(req).await.ok()?;
                         let ok = resp.status().is_success();
-                        let body = resp.into_body().collect().await.map(|b| b.to_bytes());
-                        lat.push(t0.elapsed());
-                        match body {
-                            Ok(b) if ok => bytes += b.len(),
-                            _ => errors += 1,
-                        }
+                        let body = resp.into_body().collect().await.ok()?.to_bytes();
+                        ok.then_some(body.len())
                     }
-                    Err(_) => errors += 1,
+                });
+                let answers = futures_util::future::join_all(calls).await;
+                lat.push(t0.elapsed());
+                for a in answers {
+                    match a {
+                        Some(n) => bytes += n,
+                        None => errors += 1,
+                    }
                 }
             }
             (lat, bytes, errors)
@@ -92,7 +137,7 @@ async fn main() {
         all.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
     };
     println!(
-        "{:<9} c={:<2} n={:<5} rps={:>7.0}  p50={:>6.2}ms  p90={:>6.2}ms  p99={:>6.2}ms  max={:>7.2}ms  avg_body={}B  errors={}",
+        "{:<13} c={:<2} n={:<5} rps={:>7.0}  p50={:>6.2}ms  p90={:>6.2}ms  p99={:>6.2}ms  max={:>7.2}ms  avg_body={}B  errors={}",
         args[3],
         concurrency,
         all.len(),

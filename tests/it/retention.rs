@@ -506,6 +506,11 @@ async fn a_pass_killed_mid_run_loses_no_count_and_the_next_one_finishes() {
     );
     assert_eq!(detail + summarized, N, "no row lost or counted twice");
     assert_eq!(summarized, daily);
+    // pg_terminate_backend only signals: the backend releases its locks as it exits.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lock_holder(&db).await.is_some() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(
         lock_holder(&db).await,
         None,

@@ -16,6 +16,7 @@ const env = (name) => {
   return v;
 };
 const ADMIN = env('ADMIN_URL');
+const DISABLED_ADMIN = env('DISABLED_ADMIN_URL');
 const PROXY = env('PROXY_URL');
 const TOKEN = env('TOKEN');
 const FAILED_TRACE = env('FAILED_TRACE');
@@ -96,6 +97,15 @@ async function step(name, fn) {
 }
 
 let sessionCookie = null;
+
+await step('without admin.token the page explains how to enable it', async () => {
+  await page.goto(`${DISABLED_ADMIN}/`);
+  await page.waitForSelector('main h1');
+  const text = await page.textContent('main');
+  assert.ok(text.includes('not enabled') && text.includes('TRACE_PROXY_ADMIN_TOKEN'), text);
+  assert.equal(await page.$('#token'), null, 'no sign-in form without a token');
+  await shot('disabled');
+});
 
 await step('an unsigned visitor is sent from / to the sign-in page', async () => {
   await page.goto(`${ADMIN}/`);

@@ -540,6 +540,9 @@ async fn the_explorer_works_in_a_real_browser() {
     };
     let db = TestDb::new().await;
     let p = start(&db, n8n_stand_in().await, TOKEN).await;
+    // A second proxy without a token: its page explains how to enable the explorer.
+    let disabled_db = TestDb::new().await;
+    let disabled = start(&disabled_db, closed_port().await, "").await;
     let sent = send_traffic(&p, &db).await;
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("explorer");
     let log_dir = tempfile::tempdir().expect("tempdir");
@@ -549,6 +552,7 @@ async fn the_explorer_works_in_a_real_browser() {
         .arg(dir.join("explorer.mjs"))
         .current_dir(&dir)
         .env("ADMIN_URL", origin(&p))
+        .env("DISABLED_ADMIN_URL", origin(&disabled))
         .env("PROXY_URL", format!("http://{}", p.addr))
         .env("TOKEN", TOKEN)
         .env("FAILED_TRACE", &sent.failed_trace)
@@ -577,6 +581,7 @@ async fn the_explorer_works_in_a_real_browser() {
     };
     let output = std::fs::read_to_string(&log_path).unwrap_or_default();
     p.stop().await;
+    disabled.stop().await;
     eprintln!("{output}");
     match status {
         Some(s) if s.success() => {}
@@ -587,6 +592,7 @@ async fn the_explorer_works_in_a_real_browser() {
         None => panic!("browser test did not finish within 240 s"),
     }
     for view in [
+        "disabled",
         "overview",
         "traces",
         "trace",

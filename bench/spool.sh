@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmark the durable spool (`database.on_unavailable = "spool"`, src/spool/) in one run:
+# Benchmark the durable spool (`database.on_unavailable = "spool"`, src/record/spool/) in one run:
 #
 #  1. Throughput with PostgreSQL reachable ("db") and unreachable ("spool": `[database] url`
 #     points at a closed loopback port, so every pending row and final update goes to the

@@ -11,14 +11,15 @@ pub mod diff;
 pub mod metrics;
 pub mod probe;
 pub mod proxy;
+pub mod record;
 pub mod recovery;
 pub mod retention;
 pub mod retry;
 pub mod sanitize;
 pub mod server;
-pub mod spool;
-pub mod store;
 pub mod trace;
+
+pub use record::{spool, store};
 
 use std::future::Future;
 use std::sync::Arc;

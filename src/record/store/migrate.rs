@@ -10,38 +10,42 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (
         1,
         "communication_traces",
-        include_str!("../../sql/0001_communication_traces.sql"),
+        include_str!("../../../sql/0001_communication_traces.sql"),
     ),
     (
         2,
         "http_columns",
-        include_str!("../../sql/0002_http_columns.sql"),
+        include_str!("../../../sql/0002_http_columns.sql"),
     ),
     (
         3,
         "attempt_unique",
-        include_str!("../../sql/0003_attempt_unique.sql"),
+        include_str!("../../../sql/0003_attempt_unique.sql"),
     ),
     (
         4,
         "retention_archive",
-        include_str!("../../sql/0004_retention_archive.sql"),
+        include_str!("../../../sql/0004_retention_archive.sql"),
     ),
     (
         5,
         "redactions",
-        include_str!("../../sql/0005_redactions.sql"),
+        include_str!("../../../sql/0005_redactions.sql"),
     ),
     (
         6,
         "query_indexes",
-        include_str!("../../sql/0006_query_indexes.sql"),
+        include_str!("../../../sql/0006_query_indexes.sql"),
     ),
-    (7, "instances", include_str!("../../sql/0007_instances.sql")),
+    (
+        7,
+        "instances",
+        include_str!("../../../sql/0007_instances.sql"),
+    ),
     (
         8,
         "workflow_time_index",
-        include_str!("../../sql/0008_workflow_time_index.sql"),
+        include_str!("../../../sql/0008_workflow_time_index.sql"),
     ),
 ];
 

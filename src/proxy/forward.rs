@@ -10,6 +10,8 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 
 use super::correlate::Correlation;
 use super::error::ProxyError;
@@ -53,7 +55,7 @@ pub fn build_client(cfg: &UpstreamConfig) -> Result<UpstreamClient, ClientSetupE
         };
         let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
         let mut added = 0;
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        for cert in CertificateDer::pem_slice_iter(&pem) {
             let cert = cert.map_err(|e| err(e.to_string()))?;
             roots.add(cert).map_err(|e| err(e.to_string()))?;
             added += 1;
@@ -246,6 +248,45 @@ fn is_tls(err: &(dyn std::error::Error + 'static)) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn client_with_ca(pem: &[u8]) -> Result<UpstreamClient, ClientSetupError> {
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(file.path(), pem).expect("write CA file");
+        let toml = format!(
+            "[upstream]\nca_file = \"{}\"\ntls_roots = \"none\"\n\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"http://127.0.0.1:9\"\nsource_service = \"a\"\ndestination_service = \"b\"\n",
+            file.path().display()
+        );
+        let config = Config::from_toml_str(&toml).expect("config");
+        build_client(&config.upstream)
+    }
+
+    #[test]
+    fn ca_file_certificates_are_read_from_pem() {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+        let pem = cert.cert.pem();
+        assert!(client_with_ca(pem.as_bytes()).is_ok());
+        // Other PEM sections are skipped, as long as one certificate is there.
+        let with_key = format!("{}\n{pem}", cert.signing_key.serialize_pem());
+        assert!(client_with_ca(with_key.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn ca_file_without_certificates_or_with_a_broken_one_is_refused_by_name() {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+        let only_key = cert.signing_key.serialize_pem();
+        let e = client_with_ca(only_key.as_bytes()).expect_err("refused");
+        assert!(e.to_string().contains("no PEM certificates in file"), "{e}");
+        assert!(
+            e.to_string().starts_with("cannot read upstream.ca_file "),
+            "{e}"
+        );
+        let broken = "-----BEGIN CERTIFICATE-----\n!!!not base64!!!\n-----END CERTIFICATE-----\n";
+        let e = client_with_ca(broken.as_bytes()).expect_err("refused");
+        assert!(
+            e.to_string().starts_with("cannot read upstream.ca_file "),
+            "{e}"
+        );
+    }
 
     #[test]
     fn strips_standard_and_connection_listed_headers() {

@@ -17,6 +17,7 @@ pub mod retention;
 pub mod retry;
 pub mod sanitize;
 pub mod server;
+pub mod shutdown;
 pub mod trace;
 
 pub use record::{spool, store};
@@ -29,6 +30,7 @@ use tokio::net::TcpListener;
 
 pub use config::Config;
 use metrics::Metrics;
+use shutdown::Shutdown;
 use store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -63,26 +65,28 @@ pub async fn run_with(
     // The journal first, so the admin listener never reports an empty spool that is not.
     let instance = uuid::Uuid::new_v4();
     let spooling = open_spool(&config, instance, &metrics)?;
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let admin = match admin {
-        Some(l) => Some(api::start(l, &config, metrics.clone(), stopped)?),
-        None => None,
+    let stop = Arc::new(Shutdown::new(config.server.shutdown_timeout));
+    if let Some(l) = admin {
+        api::start(l, &config, metrics.clone(), &stop)?;
+    }
+    let signal = {
+        let stop = stop.clone();
+        async move {
+            shutdown.await;
+            stop.begin();
+        }
     };
-    let shutdown = async move {
-        shutdown.await;
-        let _ = stop.send(true);
+    let serving = serve_all(listener, config, metrics, instance, spooling, &stop);
+    tokio::pin!(serving);
+    // The signal only begins shutdown; `serve_all` then stops in order within one deadline.
+    let result = tokio::select! {
+        r = &mut serving => r,
+        () = signal => serving.await,
     };
-    let result = serve_all(
-        listener,
-        config.clone(),
-        metrics,
-        instance,
-        spooling,
-        shutdown,
-    )
-    .await;
-    if let Some(admin) = admin {
-        admin.stopped(config.server.shutdown_timeout).await;
+    // Also when serving ended on an error: the background tasks are told to stop.
+    stop.begin();
+    if !stop.wait_tasks().await {
+        tracing::warn!("shutdown deadline passed before every background task ended; abandoned");
     }
     result
 }
@@ -148,7 +152,7 @@ async fn serve_all(
     metrics: Arc<Metrics>,
     instance: uuid::Uuid,
     spooling: Option<Spooling>,
-    shutdown: impl Future<Output = ()>,
+    stop: &Shutdown,
 ) -> Result<(), RunError> {
     metrics
         .route_requests
@@ -185,11 +189,12 @@ async fn serve_all(
         None => (None, None),
     };
     let client = proxy::forward::build_client(&config.upstream)?;
-    // D5: a pass now, then every `retention.interval_secs` (one replica at a time).
-    let retention = retention::Scheduler::start(store.pool().clone(), config.retention.clone());
+    // D5: a pass now, then every `retention.interval` (one replica at a time); stops when
+    // shutdown begins.
+    retention::Scheduler::start(store.pool().clone(), config.retention.clone(), stop);
     // Registered and heartbeating; resolves the rows of dead instances every heartbeat.
     let recovery =
-        recovery::Recovery::start(store.pool().clone(), &config.recovery, instance).await;
+        recovery::Recovery::start(store.pool().clone(), &config.recovery, instance, stop).await;
     let app = Arc::new(proxy::App {
         config: config.clone(),
         store,
@@ -200,27 +205,25 @@ async fn serve_all(
     });
     tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         routes = config.routes.len(), "trace-proxy serving");
-    server::serve(listener, app, shutdown).await;
-    if let Some(retention) = retention {
-        retention.stop(config.server.shutdown_timeout).await;
-    }
+    server::serve(listener, app, stop).await;
+    // Every stage below gets what is left of the one shutdown deadline.
     // The writer stops once the last request's finish is queued and written.
-    let drained = writer.drain(config.server.shutdown_timeout).await;
+    let drained = writer.drain(stop.remaining()).await;
     if !drained {
         tracing::warn!("shutdown deadline passed before every row was written");
     }
     // What PostgreSQL did not take is in the journal: flushed and synced before exit, replayed
     // at the next start.
     if let Some(replayer) = replayer {
-        replayer.stop(config.server.shutdown_timeout).await;
+        replayer.stop(stop.remaining()).await;
     }
     if let Some(appender) = appender {
-        if !appender.close(config.server.shutdown_timeout).await {
+        if !appender.close(stop.remaining()).await {
             tracing::error!("shutdown deadline passed before the spool journal was synced");
         }
     }
     // Deregistered only when every row is final; otherwise replicas resolve what is left.
-    recovery.stop(config.server.shutdown_timeout, drained).await;
+    recovery.stop(stop, drained).await;
     Ok(())
 }
 

@@ -19,12 +19,12 @@
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::RecoveryConfig;
 pub use crate::retention::OUTCOME_UNKNOWN;
+use crate::shutdown::Shutdown;
 
 /// Rows resolved per statement (and transaction).
 pub const BATCH_ROWS: i64 = 1_000;
@@ -134,7 +134,7 @@ pub async fn resolve_orphans(
     pool: &Pool,
     instance: Uuid,
     stale_after: Duration,
-    stop: &watch::Receiver<bool>,
+    stop: &CancellationToken,
 ) -> Result<u64, RecoveryError> {
     let conn = pool
         .get()
@@ -143,7 +143,7 @@ pub async fn resolve_orphans(
     let secs = stale_after.as_secs_f64();
     let mut total = 0u64;
     loop {
-        if *stop.borrow() {
+        if stop.is_cancelled() {
             return Ok(total);
         }
         let row = conn
@@ -189,24 +189,32 @@ pub async fn resolve_instances(pool: &Pool, instances: &[Uuid]) -> Result<u64, R
 pub struct Recovery {
     instance: Uuid,
     pool: Pool,
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    /// Ends the heartbeat task; cancelled last, once every row is final (not when shutdown
+    /// begins: a draining proxy keeps its instance alive).
+    stop: CancellationToken,
 }
 
 impl Recovery {
     /// Registers `instance` (once, now, so rows inserted from here on belong to a known live
     /// instance; on failure the task keeps trying) and starts the heartbeat and recovery task.
-    pub async fn start(pool: Pool, config: &RecoveryConfig, instance: Uuid) -> Recovery {
+    /// The task belongs to `shutdown`, which waits for it at the end.
+    pub async fn start(
+        pool: Pool,
+        config: &RecoveryConfig,
+        instance: Uuid,
+        shutdown: &Shutdown,
+    ) -> Recovery {
         let host = hostname();
         if let Err(e) = heartbeat(&pool, instance, host.as_deref()).await {
             tracing::warn!(error = %e, %instance, "proxy instance not registered yet; retrying every heartbeat");
         } else {
             tracing::info!(%instance, "proxy instance registered");
         }
-        let (stop, mut stopped) = watch::channel(false);
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
         let config = config.clone();
         let task_pool = pool.clone();
-        let task = tokio::spawn(async move {
+        shutdown.spawn(async move {
             let pool = task_pool;
             loop {
                 if let Err(e) = heartbeat(&pool, instance, host.as_deref()).await {
@@ -222,7 +230,7 @@ impl Recovery {
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(config.heartbeat) => {}
-                    _ = stopped.changed() => return,
+                    _ = stopped.cancelled() => return,
                 }
             }
         });
@@ -230,7 +238,6 @@ impl Recovery {
             instance,
             pool,
             stop,
-            task,
         }
     }
 
@@ -239,15 +246,12 @@ impl Recovery {
         self.instance
     }
 
-    /// Stops the task (waiting up to `deadline`). When `rows_final` (the writer drained), the
-    /// instance row is deleted; otherwise it is left to go stale, so any row still pending is
-    /// resolved by a replica `stale_after` after the last heartbeat.
-    pub async fn stop(self, deadline: Duration, rows_final: bool) {
-        let _ = self.stop.send(true);
-        let abort = self.task.abort_handle();
-        if tokio::time::timeout(deadline, self.task).await.is_err() {
-            abort.abort();
-        }
+    /// Stops the heartbeat task (`shutdown` waits for it). When `rows_final` (the writer
+    /// drained), the instance row is deleted before the shutdown deadline; otherwise it is left to
+    /// go stale, so any row still pending is resolved by a replica `stale_after` after the last
+    /// heartbeat.
+    pub async fn stop(self, shutdown: &Shutdown, rows_final: bool) {
+        self.stop.cancel();
         if !rows_final {
             return;
         }
@@ -261,12 +265,12 @@ impl Recovery {
                 .await
                 .map_err(RecoveryError::db("deregister"))
         };
-        match tokio::time::timeout(deadline, deregister).await {
-            Ok(Ok(_)) => tracing::info!(instance = %self.instance, "proxy instance deregistered"),
-            Ok(Err(e)) => {
+        match shutdown.within(deregister).await {
+            Some(Ok(_)) => tracing::info!(instance = %self.instance, "proxy instance deregistered"),
+            Some(Err(e)) => {
                 tracing::warn!(error = %e, instance = %self.instance, "proxy instance not deregistered; it will be forgotten once stale")
             }
-            Err(_) => {
+            None => {
                 tracing::warn!(instance = %self.instance, "proxy instance not deregistered in time; it will be forgotten once stale")
             }
         }

@@ -27,10 +27,10 @@ use std::time::{Duration, Instant};
 
 use chrono::{NaiveDate, NaiveDateTime, SubsecRound, TimeDelta};
 use deadpool_postgres::{Object, Pool};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::RetentionConfig;
+use crate::shutdown::Shutdown;
 
 /// `error_code` given to rows that aged out while still `pending` or `in_progress`.
 pub const OUTCOME_UNKNOWN: &str = "OUTCOME_UNKNOWN";
@@ -492,17 +492,16 @@ pub async fn run_once(
     now: NaiveDateTime,
     dry_run: bool,
 ) -> Result<Report, RetentionError> {
-    let (_keep, never) = watch::channel(false);
-    run_until(pool, config, now, dry_run, &never).await
+    run_until(pool, config, now, dry_run, &CancellationToken::new()).await
 }
 
-/// [`run_once`], stopping between batches once `stop` turns true.
+/// [`run_once`], stopping between batches once `stop` is cancelled.
 async fn run_until(
     pool: &Pool,
     config: &RetentionConfig,
     now: NaiveDateTime,
     dry_run: bool,
-    stop: &watch::Receiver<bool>,
+    stop: &CancellationToken,
 ) -> Result<Report, RetentionError> {
     let started = Instant::now();
     // PostgreSQL keeps microseconds; cut here so the cutoff compared is the cutoff reported.
@@ -559,14 +558,14 @@ async fn pass(
     conn: &mut Object,
     config: &RetentionConfig,
     report: &mut Report,
-    stop: &watch::Receiver<bool>,
+    stop: &CancellationToken,
 ) -> Result<(), RetentionError> {
     let limit = i64::from(config.batch_size);
     let detail_cutoff = report.detail_cutoff;
 
     // 1. resolve
     loop {
-        if *stop.borrow() {
+        if stop.is_cancelled() {
             report.complete = false;
             return Ok(());
         }
@@ -581,7 +580,7 @@ async fn pass(
     // 2. archive
     let mut from = floor_timestamp();
     loop {
-        if *stop.borrow() {
+        if stop.is_cancelled() {
             report.complete = false;
             return Ok(());
         }
@@ -619,7 +618,7 @@ async fn pass(
     if let Some(summary_cutoff) = report.summary_cutoff {
         let mut from = floor_timestamp();
         loop {
-            if *stop.borrow() {
+            if stop.is_cancelled() {
                 report.complete = false;
                 return Ok(());
             }
@@ -687,18 +686,20 @@ async fn dry_run_counts(conn: &mut Object, report: &mut Report) -> Result<(), Re
     Ok(())
 }
 
-/// The job as a running proxy runs it: a pass at start, then every `interval`, until stopped.
-pub struct Scheduler {
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
-}
+/// The job as a running proxy runs it: a pass at start, then every `interval`, until shutdown
+/// begins; a pass in progress then stops after its current batch (committed or rolled back as a
+/// whole), and one still running at the shutdown deadline is abandoned (its open batch rolls back).
+pub struct Scheduler;
 
 impl Scheduler {
-    /// Starts the schedule; `None` when `retention.interval_secs = 0` (the proxy never runs it).
-    pub fn start(pool: Pool, config: RetentionConfig) -> Option<Scheduler> {
-        let interval = config.interval?;
-        let (stop, mut stopped) = watch::channel(false);
-        let task = tokio::spawn(async move {
+    /// Starts the schedule as a task of `shutdown`; nothing when `retention.interval = "0"` (the
+    /// proxy never runs it).
+    pub fn start(pool: Pool, config: RetentionConfig, shutdown: &Shutdown) {
+        let Some(interval) = config.interval else {
+            return;
+        };
+        let stopped = shutdown.token().clone();
+        shutdown.spawn(async move {
             loop {
                 let now = crate::trace::now_utc();
                 let delay = match run_until(&pool, &config, now, false, &stopped).await {
@@ -734,24 +735,10 @@ impl Scheduler {
                 };
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = stopped.changed() => return,
+                    _ = stopped.cancelled() => return,
                 }
             }
         });
-        Some(Scheduler { stop, task })
-    }
-
-    /// Stops the schedule: a pass in progress stops after its current batch (committed or
-    /// rolled back as a whole). Waits up to `deadline`, then abandons it.
-    pub async fn stop(self, deadline: Duration) {
-        let _ = self.stop.send(true);
-        let abort = self.task.abort_handle();
-        if tokio::time::timeout(deadline, self.task).await.is_err() {
-            tracing::warn!(
-                "retention pass still running at shutdown; abandoned (its open batch rolls back)"
-            );
-            abort.abort();
-        }
     }
 }
 

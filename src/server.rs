@@ -1,10 +1,15 @@
-//! The listener: accepts connections (bounded), serves HTTP/1.1 and HTTP/2 (prior knowledge) on
-//! each, and drains them on shutdown. Knows nothing of PostgreSQL.
+//! The accept loop both listeners use: accepts connections (bounded), serves HTTP/1.1 and, where
+//! enabled, HTTP/2 (prior knowledge) on each, stops accepting when shutdown begins and drains open
+//! connections until the shutdown deadline. Knows nothing of PostgreSQL.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use http::{Request, Response};
+use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -14,22 +19,108 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::proxy::{self, App};
+use crate::shutdown::Shutdown;
 
-/// Serves `listener` until `shutdown` resolves, then lets open connections finish their
-/// in-flight requests for up to `server.shutdown_timeout`.
-pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
-    let cfg = app.config.server.clone();
+/// How a listener treats its connections.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Which listener, in log lines.
+    pub name: &'static str,
+    /// Open connections at most; more wait in the accept queue.
+    pub max_connections: usize,
+    /// Time a client has to send a request head (HTTP/1.1).
+    pub header_read_timeout: Duration,
+    /// Also serve HTTP/2 with prior knowledge (h2c).
+    pub http2: bool,
+}
+
+/// Serves the proxy on `listener` until shutdown begins, then lets open connections finish their
+/// in-flight requests until the shutdown's cut-off; what is still open then is cut, and its
+/// attempts are recorded as interrupted in the time left.
+pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: &Shutdown) {
+    let cfg = &app.config.server;
+    let limits = Limits {
+        name: "proxy",
+        max_connections: cfg.max_connections,
+        header_read_timeout: cfg.header_read_timeout,
+        http2: true,
+    };
+    let handler = {
+        let app = app.clone();
+        move |req, peer| proxy::handle(app.clone(), req, peer)
+    };
+    let open = accept(listener, &limits, shutdown, handler).await;
+    open.drain(shutdown, || {
+        app.interrupting
+            .store(true, std::sync::atomic::Ordering::Relaxed)
+    })
+    .await;
+}
+
+/// Connections still open when a listener stopped accepting.
+pub struct Open {
+    name: &'static str,
+    graceful: GracefulShutdown,
+    conns: JoinSet<()>,
+}
+
+impl Open {
+    /// Waits until the open connections finish their in-flight requests or the shutdown's cut-off
+    /// passes; then calls `on_deadline` and cuts what is left. True when all finished in time.
+    pub async fn drain(mut self, shutdown: &Shutdown, on_deadline: impl FnOnce()) -> bool {
+        tracing::info!(
+            listener = self.name,
+            open = self.graceful.count(),
+            "shutting down: draining connections"
+        );
+        let drained = shutdown
+            .before_cut_off(self.graceful.shutdown())
+            .await
+            .is_some();
+        if !drained {
+            tracing::warn!(
+                listener = self.name,
+                open = self.conns.len(),
+                "shutdown deadline passed: interrupting open exchanges"
+            );
+            on_deadline();
+            self.conns.abort_all();
+        }
+        while self.conns.join_next().await.is_some() {}
+        drained
+    }
+}
+
+/// Accepts connections on `listener` and serves each with `handler` until `shutdown` begins;
+/// returns the connections still open.
+pub async fn accept<H, F, B>(
+    listener: TcpListener,
+    limits: &Limits,
+    shutdown: &Shutdown,
+    handler: H,
+) -> Open
+where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(cfg.header_read_timeout)
+        .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    if limits.http2 {
+        builder.http2().timer(TokioTimer::new());
+    } else {
+        builder = builder.http1_only();
+    }
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(cfg.max_connections));
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut conns = JoinSet::new();
-    tokio::pin!(shutdown);
+    let stop = shutdown.token();
     loop {
         // Reap finished connections so the set stays as small as the open ones.
         while conns.try_join_next().is_some() {}
@@ -38,54 +129,42 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
                 Ok(p) => p,
                 Err(_) => break,
             },
-            _ = &mut shutdown => break,
+            _ = stop.cancelled() => break,
         };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(conn) => conn,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tracing::warn!(listener = limits.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
-            _ = &mut shutdown => break,
+            _ = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
+        let handler = handler.clone();
         let service = service_fn(move |req| {
-            let app = app.clone();
-            async move { Ok::<_, Infallible>(proxy::handle(app, req, peer).await) }
+            let answer = handler(req, peer);
+            async move { Ok::<_, Infallible>(answer.await) }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
         let conn = graceful.watch(conn);
+        let name = limits.name;
         conns.spawn(async move {
             if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
             }
             drop(permit);
         });
     }
     drop(listener);
-    tracing::info!(
-        open = graceful.count(),
-        "shutting down: draining connections"
-    );
-    if tokio::time::timeout(cfg.shutdown_timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        // Cut what is still open; its attempts are recorded as interrupted.
-        tracing::warn!(
-            open = conns.len(),
-            "shutdown deadline passed: interrupting open exchanges"
-        );
-        app.interrupting
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        conns.abort_all();
+    Open {
+        name: limits.name,
+        graceful,
+        conns,
     }
-    while conns.join_next().await.is_some() {}
 }

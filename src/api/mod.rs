@@ -30,7 +30,6 @@ pub mod render;
 pub mod session;
 pub mod ui;
 
-use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,18 +38,14 @@ use bytes::Bytes;
 use deadpool_postgres::Pool;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::config::{Config, Token};
 use crate::metrics::Metrics;
+use crate::server;
+use crate::shutdown::Shutdown;
 use crate::store::query::{self, Cursor, GroupBy, PageRows, QueryError, SearchFilter};
 use crate::store::StoreError;
 use crate::trace::{Status, TraceRow};
@@ -117,20 +112,6 @@ impl ApiState {
 /// Room `/readyz` wants left in the journal: a record with a large payload.
 const SPOOL_HEADROOM: u64 = 64 * 1024;
 
-/// A running admin listener.
-pub struct AdminServer {
-    task: JoinHandle<()>,
-}
-
-impl AdminServer {
-    /// Waits for the listener to drain after the stop signal, up to `deadline`.
-    pub async fn stopped(self, deadline: Duration) {
-        if tokio::time::timeout(deadline, self.task).await.is_err() {
-            tracing::warn!("admin listener still draining at the shutdown deadline");
-        }
-    }
-}
-
 /// The query pool: small, separate from the proxy's (a slow query never takes a connection the
 /// D1 insert path needs), with the admin statement timeout.
 pub fn query_pool(config: &Config) -> Result<Pool, StoreError> {
@@ -140,15 +121,16 @@ pub fn query_pool(config: &Config) -> Result<Pool, StoreError> {
     crate::store::pool(&db)
 }
 
-/// Starts serving the admin listener on `listener` until `stop` turns true. Health and metrics
-/// always serve; without a configured token the query API refuses every request (logged), since
-/// it would expose every stored payload.
+/// Starts serving the admin listener on `listener`, as a task of `shutdown`: it stops accepting
+/// when shutdown begins and drains until the shutdown deadline. Health and metrics always serve;
+/// without a configured token the query API refuses every request (logged), since it would
+/// expose every stored payload.
 pub fn start(
     listener: TcpListener,
     config: &Config,
     metrics: Arc<Metrics>,
-    stop: watch::Receiver<bool>,
-) -> Result<AdminServer, StoreError> {
+    shutdown: &Arc<Shutdown>,
+) -> Result<(), StoreError> {
     if config.admin.token.is_none() {
         tracing::warn!(
             "admin query API disabled: no admin.token (or TRACE_PROXY_ADMIN_TOKEN) configured; /healthz, /readyz and /metrics still serve"
@@ -164,73 +146,22 @@ pub fn start(
         .map(|a| a.to_string())
         .unwrap_or_default();
     tracing::info!(listen = %addr, "admin API serving");
-    let drain = config.server.shutdown_timeout;
-    let header_timeout = config.server.header_read_timeout;
-    let task = tokio::spawn(serve(listener, state, stop, header_timeout, drain));
-    Ok(AdminServer { task })
-}
-
-async fn serve(
-    listener: TcpListener,
-    state: Arc<ApiState>,
-    mut stop: watch::Receiver<bool>,
-    header_timeout: Duration,
-    drain: Duration,
-) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
-        .keep_alive(true);
-    let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let stopped = async move {
-        let _ = stop.wait_for(|s| *s).await;
+    let limits = server::Limits {
+        name: "admin",
+        max_connections: MAX_CONNECTIONS,
+        header_read_timeout: config.server.header_read_timeout,
+        http2: true,
     };
-    tokio::pin!(stopped);
-    loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = &mut stopped => break,
-        };
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut stopped => break,
-        };
+    let handler = move |req, peer: std::net::SocketAddr| {
         let state = state.clone();
-        let service = service_fn(move |req| {
-            let state = state.clone();
-            async move { Ok::<_, Infallible>(handle(&state, peer.ip(), req).await) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "admin connection ended with an error");
-            }
-            drop(permit);
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("admin connections still open at the shutdown deadline");
-    }
+        async move { handle(&state, peer.ip(), req).await }
+    };
+    let task_shutdown = shutdown.clone();
+    shutdown.spawn(async move {
+        let open = server::accept(listener, &limits, &task_shutdown, handler).await;
+        open.drain(&task_shutdown, || {}).await;
+    });
+    Ok(())
 }
 
 /// Why a request was not answered with data.

@@ -523,3 +523,70 @@ async fn clients_gone_while_their_pending_row_is_synced_still_get_a_final_record
         starts.len()
     );
 }
+
+/// `server.shutdown_timeout` bounds the whole stop: with a request that never ends and a frozen
+/// database (so writing its row, syncing and deregistering are all slow too), the proxy and its
+/// admin listener are gone within one timeout, not one per stage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_takes_one_deadline_in_all_when_every_stage_is_slow() {
+    let cluster = TestCluster::start().await;
+    let up = upstream(|_req| async {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Response::new(full("too late"))
+    })
+    .await;
+    let proxy = Proxy::start_with_admin(&config_toml(
+        &cluster.url(),
+        &format!("http://{up}"),
+        "statement_timeout_ms = 30000",
+        "[server]\nshutdown_timeout = \"2s\"\n",
+    ))
+    .await;
+    let db = wait_for_schema(&cluster.url()).await;
+    let trace = new_trace_id();
+    let req = get(&proxy.url("/webhook/stuck"), &trace);
+    let inflight = tokio::spawn(async move { client().request(req).await });
+    let mut pending = false;
+    for _ in 0..500 {
+        let rows = db
+            .query(
+                "SELECT 1 FROM communication_traces WHERE trace_id = $1",
+                &[&trace],
+            )
+            .await
+            .expect("query");
+        if !rows.is_empty() {
+            pending = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(pending, "the stuck request's pending row was never written");
+    drop(db);
+    let (addr, admin) = (proxy.addr, proxy.admin.expect("admin listener"));
+    cluster.freeze();
+    let started = Instant::now();
+    proxy.stop().await;
+    let took = started.elapsed();
+    cluster.thaw();
+
+    // The open exchange held the drain until the cut-off (1.5 s), and nothing took a fresh 2 s.
+    assert!(
+        took >= Duration::from_millis(1400),
+        "stopped after {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(2800),
+        "stopping took {took:?}, more than one shutdown_timeout (2 s)"
+    );
+    assert!(
+        inflight.await.expect("request task").is_err(),
+        "the stuck exchange was cut"
+    );
+    for listener in [addr, admin] {
+        assert!(
+            tokio::net::TcpStream::connect(listener).await.is_err(),
+            "{listener} still accepts connections after shutdown"
+        );
+    }
+}

@@ -30,8 +30,9 @@ use tokio::net::TcpListener;
 
 pub use config::Config;
 use metrics::Metrics;
+use record::{Recorder, Spooling};
 use shutdown::Shutdown;
-use store::{Store, StoreError};
+use store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -66,8 +67,13 @@ pub async fn run_with(
     let instance = uuid::Uuid::new_v4();
     let spooling = open_spool(&config, instance, &metrics)?;
     let stop = Arc::new(Shutdown::new(config.server.shutdown_timeout));
+    metrics
+        .route_requests
+        .register(config.routes.iter().map(|r| r.name.as_str()));
+    let pool = store::pool(&config.database)?;
+    let (recorder, tasks) = Recorder::open(&config, pool, metrics.clone(), instance, spooling)?;
     if let Some(l) = admin {
-        api::start(l, &config, metrics.clone(), &stop)?;
+        api::start(l, &config, metrics.clone(), recorder.clone(), &stop)?;
     }
     let signal = {
         let stop = stop.clone();
@@ -76,7 +82,14 @@ pub async fn run_with(
             stop.begin();
         }
     };
-    let serving = serve_all(listener, config, metrics, instance, spooling, &stop);
+    let serving = serve_all(
+        listener,
+        config,
+        metrics,
+        instance,
+        (recorder, tasks),
+        &stop,
+    );
     tokio::pin!(serving);
     // The signal only begins shutdown; `serve_all` then stops in order within one deadline.
     let result = tokio::select! {
@@ -101,9 +114,6 @@ pub async fn run_with_metrics(
     run_with(listener, None, config, metrics, shutdown).await
 }
 
-/// The spool journal, its appender and the earlier instances of its directory.
-type Spooling = (spool::Spool, spool::Appender, Vec<uuid::Uuid>);
-
 /// Opens the durable journal (cutting a torn tail) when `on_unavailable = "spool"`.
 fn open_spool(
     config: &Config,
@@ -123,7 +133,7 @@ fn open_spool(
 /// `trace-proxy spool replay`: replays the journal in `config.spool.dir` into PostgreSQL (a
 /// spool left by a proxy that will not run again), resolves what its processes left
 /// unresolved, and returns. Refused while a proxy holds the directory.
-pub async fn replay_spool(config: &Config) -> Result<spool::Drained, RunError> {
+pub async fn replay_spool(config: &Config) -> Result<record::replay::Drained, RunError> {
     let metrics = Arc::new(Metrics::default());
     let pool = store::pool(&config.database)?;
     if config.database.run_migrations {
@@ -131,7 +141,7 @@ pub async fn replay_spool(config: &Config) -> Result<spool::Drained, RunError> {
     }
     let instance = uuid::Uuid::new_v4();
     let (spool, appender, opened) = spool::Spool::open(&config.spool, instance, metrics.clone())?;
-    let ctx = spool::ReplayCtx::new(
+    let ctx = record::replay::ReplayCtx::new(
         config,
         spool,
         pool,
@@ -139,7 +149,7 @@ pub async fn replay_spool(config: &Config) -> Result<spool::Drained, RunError> {
         instance,
         opened.previous_instances,
     );
-    let drained = spool::drain(ctx).await;
+    let drained = record::replay::drain(ctx).await;
     appender.close(config.server.shutdown_timeout).await;
     Ok(drained?)
 }
@@ -151,13 +161,10 @@ async fn serve_all(
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     instance: uuid::Uuid,
-    spooling: Option<Spooling>,
+    (recorder, mut tasks): (Recorder, record::Tasks),
     stop: &Shutdown,
 ) -> Result<(), RunError> {
-    metrics
-        .route_requests
-        .register(config.routes.iter().map(|r| r.name.as_str()));
-    let pool = store::pool(&config.database)?;
+    let pool = recorder.pool().clone();
     if config.database.run_migrations {
         // Migrate before serving when the database is there; otherwise keep trying in the
         // background while requests follow the `on_unavailable` policy.
@@ -170,35 +177,16 @@ async fn serve_all(
             }
         }
     }
-    let spool = spooling.as_ref().map(|(s, _, _)| s.clone());
-    let (store, writer) = Store::start(
-        pool,
-        &config.database,
-        metrics.clone(),
-        instance,
-        spool.clone(),
-    )?;
-    let (appender, replayer) = match spooling {
-        Some((spool, appender, previous)) => {
-            let pool = store.pool().clone();
-            let ctx =
-                spool::ReplayCtx::new(&config, spool, pool, metrics.clone(), instance, previous);
-            let replayer = spool::Replayer::start(ctx);
-            (Some(appender), Some(replayer))
-        }
-        None => (None, None),
-    };
+    tasks.start_replay();
     let client = proxy::forward::build_client(&config.upstream)?;
     // D5: a pass now, then every `retention.interval` (one replica at a time); stops when
     // shutdown begins.
-    retention::Scheduler::start(store.pool().clone(), config.retention.clone(), stop);
+    retention::Scheduler::start(pool.clone(), config.retention.clone(), stop);
     // Registered and heartbeating; resolves the rows of dead instances every heartbeat.
-    let recovery =
-        recovery::Recovery::start(store.pool().clone(), &config.recovery, instance, stop).await;
+    let recovery = recovery::Recovery::start(pool, &config.recovery, instance, stop).await;
     let app = Arc::new(proxy::App {
         config: config.clone(),
-        store,
-        spool,
+        recorder,
         client,
         metrics,
         interrupting: Default::default(),
@@ -207,21 +195,7 @@ async fn serve_all(
         routes = config.routes.len(), "trace-proxy serving");
     server::serve(listener, app, stop).await;
     // Every stage below gets what is left of the one shutdown deadline.
-    // The writer stops once the last request's finish is queued and written.
-    let drained = writer.drain(stop.remaining()).await;
-    if !drained {
-        tracing::warn!("shutdown deadline passed before every row was written");
-    }
-    // What PostgreSQL did not take is in the journal: flushed and synced before exit, replayed
-    // at the next start.
-    if let Some(replayer) = replayer {
-        replayer.stop(stop.remaining()).await;
-    }
-    if let Some(appender) = appender {
-        if !appender.close(stop.remaining()).await {
-            tracing::error!("shutdown deadline passed before the spool journal was synced");
-        }
-    }
+    let drained = tasks.close(stop).await;
     // Deregistered only when every row is final; otherwise replicas resolve what is left.
     recovery.stop(stop, drained).await;
     Ok(())

@@ -44,6 +44,7 @@ use uuid::Uuid;
 
 use crate::config::{Config, Token};
 use crate::metrics::Metrics;
+use crate::record::{Readiness, Recorder};
 use crate::server;
 use crate::shutdown::Shutdown;
 use crate::store::query::{self, Cursor, GroupBy, PageRows, QueryError, SearchFilter};
@@ -58,8 +59,6 @@ pub const MAX_CHAIN: i64 = 1000;
 const MAX_CONNECTIONS: usize = 64;
 /// Default stats window: the last day.
 const DEFAULT_STATS_WINDOW: chrono::TimeDelta = chrono::TimeDelta::days(1);
-/// How long `/readyz` waits for a pooled connection to answer `SELECT 1`.
-pub const READY_DEADLINE: Duration = Duration::from_secs(2);
 
 type Resp = Response<Full<Bytes>>;
 
@@ -70,9 +69,8 @@ pub struct ApiState {
     token: Option<Token>,
     budget: usize,
     metrics: Arc<Metrics>,
-    /// What pending rows may fill of the journal, when requests are spooled while PostgreSQL
-    /// is unavailable (`SpoolConfig::pending_limit`).
-    spool_max_bytes: Option<u64>,
+    /// Asked by `/readyz`.
+    recorder: Recorder,
     /// The Memory Explorer's sessions and settings.
     explorer: ui::Explorer,
     /// The current overview windows, kept briefly (`overview`).
@@ -80,37 +78,23 @@ pub struct ApiState {
 }
 
 impl ApiState {
-    pub fn new(pool: Pool, admin: &crate::config::AdminConfig, metrics: Arc<Metrics>) -> ApiState {
+    pub fn new(
+        pool: Pool,
+        admin: &crate::config::AdminConfig,
+        metrics: Arc<Metrics>,
+        recorder: Recorder,
+    ) -> ApiState {
         ApiState {
             pool,
             token: admin.token.clone(),
             budget: admin.max_response_bytes,
             metrics,
-            spool_max_bytes: None,
+            recorder,
             explorer: ui::Explorer::new(admin),
             overviews: Arc::default(),
         }
     }
-
-    /// Ready while PostgreSQL is unavailable as long as the journal has room.
-    pub fn with_spool(mut self, max_bytes: Option<u64>) -> ApiState {
-        self.spool_max_bytes = max_bytes;
-        self
-    }
-
-    /// Room for another record of typical size in the spool journal.
-    fn spool_room(&self) -> Option<bool> {
-        let max = self.spool_max_bytes?;
-        let used = self
-            .metrics
-            .spool_bytes
-            .load(std::sync::atomic::Ordering::Relaxed);
-        Some(used + SPOOL_HEADROOM <= max)
-    }
 }
-
-/// Room `/readyz` wants left in the journal: a record with a large payload.
-const SPOOL_HEADROOM: u64 = 64 * 1024;
 
 /// The query pool: small, separate from the proxy's (a slow query never takes a connection the
 /// D1 insert path needs), with the admin statement timeout.
@@ -129,6 +113,7 @@ pub fn start(
     listener: TcpListener,
     config: &Config,
     metrics: Arc<Metrics>,
+    recorder: Recorder,
     shutdown: &Arc<Shutdown>,
 ) -> Result<(), StoreError> {
     if config.admin.token.is_none() {
@@ -136,11 +121,12 @@ pub fn start(
             "admin query API disabled: no admin.token (or TRACE_PROXY_ADMIN_TOKEN) configured; /healthz, /readyz and /metrics still serve"
         );
     }
-    let spooling = config.database.on_unavailable == crate::config::OnUnavailable::Spool;
-    let state = Arc::new(
-        ApiState::new(query_pool(config)?, &config.admin, metrics)
-            .with_spool(spooling.then_some(config.spool.pending_limit())),
-    );
+    let state = Arc::new(ApiState::new(
+        query_pool(config)?,
+        &config.admin,
+        metrics,
+        recorder,
+    ));
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())
@@ -296,22 +282,18 @@ async fn platform<B>(state: &ApiState, req: &Request<B>) -> Resp {
     }
     match req.uri().path() {
         "/healthz" => text_response(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
-        "/readyz" => match ready(&state.pool).await {
-            Ok(()) => text_response(
+        "/readyz" => match state.recorder.ready().await {
+            Readiness::Ready => text_response(
                 StatusCode::OK,
                 "text/plain; charset=utf-8",
                 "ready\n".into(),
             ),
-            Err(reason) if state.spool_room() == Some(true) => text_response(
+            Readiness::Spooling(reason) => text_response(
                 StatusCode::OK,
                 "text/plain; charset=utf-8",
                 format!("ready: recording to the spool journal ({reason})\n"),
             ),
-            Err(reason) => {
-                let reason = match state.spool_room() {
-                    Some(false) => format!("{reason}; spool journal full"),
-                    _ => reason,
-                };
+            Readiness::NotReady(reason) => {
                 tracing::debug!(%reason, "not ready");
                 text_response(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -325,26 +307,6 @@ async fn platform<B>(state: &ApiState, req: &Request<B>) -> Resp {
             crate::metrics::PROMETHEUS_CONTENT_TYPE,
             state.metrics.render(),
         ),
-    }
-}
-
-/// Able to record: a pooled connection answers `SELECT 1` within [`READY_DEADLINE`].
-async fn ready(pool: &Pool) -> Result<(), String> {
-    let check = async {
-        let client = pool.get().await.map_err(|e| e.to_string())?;
-        client
-            .simple_query("SELECT 1")
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
-    };
-    match tokio::time::timeout(READY_DEADLINE, check).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("database unreachable: {e}")),
-        Err(_) => Err(format!(
-            "database did not answer SELECT 1 within {} ms",
-            READY_DEADLINE.as_millis()
-        )),
     }
 }
 

@@ -18,7 +18,6 @@
 //!   what its dead predecessor left pending, without waiting for `recovery.stale_after_secs`.
 
 pub mod journal;
-mod replay;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -30,8 +29,6 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
-
-pub use replay::{drain, Drained, ReplayCtx, Replayer};
 
 use crate::config::SpoolConfig;
 use crate::metrics::Metrics;
@@ -258,8 +255,13 @@ impl Spool {
         self.shared.metrics.spool_records.load(Ordering::Relaxed)
     }
 
+    /// Resolves when an append or an engagement wants the replayer.
+    pub(crate) async fn woken(&self) {
+        self.shared.wake.notified().await;
+    }
+
     /// Closes the segment being appended to and returns every sealed segment, oldest first.
-    async fn seal(&self) -> Result<Vec<Segment>, SpoolError> {
+    pub(crate) async fn seal(&self) -> Result<Vec<Segment>, SpoolError> {
         let (done, wait) = oneshot::channel();
         self.tx
             .send(Cmd::Seal(done))
@@ -269,7 +271,7 @@ impl Spool {
     }
 
     /// A replayed segment: deleted, its records no longer counted.
-    fn trim(&self, seg: &Segment) -> io::Result<()> {
+    pub(crate) fn trim(&self, seg: &Segment) -> io::Result<()> {
         fs::remove_file(&seg.path)?;
         lock(&self.shared.sealed).retain(|s| s.seq != seg.seq);
         let m = &self.shared.metrics;
@@ -279,7 +281,7 @@ impl Spool {
     }
 
     /// Disengages when nothing is left to replay; true when disengaged.
-    fn disengage_if_empty(&self) -> bool {
+    pub(crate) fn disengage_if_empty(&self) -> bool {
         if self.records() == 0 {
             if self.shared.engaged.swap(false, Ordering::Relaxed) {
                 tracing::info!("spool journal replayed: recording to PostgreSQL again");
@@ -292,7 +294,7 @@ impl Spool {
 
     /// Rewrites the directory's instance list to `instance` alone: its predecessors' rows are
     /// resolved.
-    fn forget_previous(&self, instance: Uuid) -> io::Result<()> {
+    pub(crate) fn forget_previous(&self, instance: Uuid) -> io::Result<()> {
         write_instances(&self.shared.dir, &[instance])
     }
 }

@@ -17,7 +17,6 @@ pub use migrate::{migrate, MIGRATIONS};
 
 use crate::config::DatabaseConfig;
 use crate::metrics::Metrics;
-use crate::spool::Spool;
 use crate::trace::{AttemptFinish, AttemptStart};
 
 #[derive(Debug, thiserror::Error)]
@@ -152,16 +151,19 @@ fn pool_with(cfg: &DatabaseConfig, size: usize, session: &str) -> Result<Pool, S
         .map_err(|e| StoreError::Setup(e.to_string()))
 }
 
+/// Takes the final updates PostgreSQL refused (the recorder journals them).
+pub type Refused = Box<dyn Fn(Vec<AttemptFinish>) + Send + Sync>;
+
 impl Store {
     /// Starts the writer tasks, on their own pool ([`writer_pool`]); `pool` serves the rest.
     /// Every row they insert carries `instance`, this process's id (`crate::recovery`).
-    /// Final updates PostgreSQL refuses go to `spool` when given.
+    /// Final updates PostgreSQL refuses go to `refused` when given.
     pub fn start(
         pool: Pool,
         cfg: &DatabaseConfig,
         metrics: Arc<Metrics>,
         instance: Uuid,
-        spool: Option<Spool>,
+        refused: Option<Refused>,
     ) -> Result<(Store, Writer), StoreError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let ctx = writer::Ctx {
@@ -171,7 +173,7 @@ impl Store {
             metrics,
             instance,
             deadline: cfg.client_deadline(),
-            spool,
+            refused,
         };
         let tasks = writer::spawn(ctx, rx, cfg.writer_tasks);
         Ok((
@@ -238,5 +240,26 @@ pub(crate) async fn replay(
             drop(deadpool_postgres::Object::take(client));
             Err(StoreError::Timeout(deadline))
         }
+    }
+}
+
+/// Whether PostgreSQL answers: a pooled connection runs `SELECT 1` within `deadline`. The error
+/// says why not, for `/readyz` and the logs.
+pub async fn ping(pool: &Pool, deadline: Duration) -> Result<(), String> {
+    let check = async {
+        let client = pool.get().await.map_err(|e| e.to_string())?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(deadline, check).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("database unreachable: {e}")),
+        Err(_) => Err(format!(
+            "database did not answer SELECT 1 within {} ms",
+            deadline.as_millis()
+        )),
     }
 }

@@ -26,7 +26,6 @@ use uuid::Uuid;
 
 use super::{Op, StoreError};
 use crate::metrics::Metrics;
-use crate::spool::{Record, Spool};
 use crate::trace::{AttemptFinish, AttemptStart, Status};
 
 const INSERT: &str = "
@@ -124,7 +123,7 @@ pub(super) struct Ctx {
     /// Client-side bound on one batch's round trips; past it the connection is discarded.
     pub deadline: Duration,
     /// Where final updates go when PostgreSQL refuses them (`on_unavailable = "spool"`).
-    pub spool: Option<Spool>,
+    pub refused: Option<super::Refused>,
 }
 
 pub(super) fn spawn(
@@ -498,19 +497,14 @@ async fn write_batch(ctx: &Ctx, batch: &mut Vec<Op>) {
 }
 
 impl Ctx {
-    /// Final updates PostgreSQL did not take: spooled when there is a spool, else lost (logged
-    /// and counted).
+    /// Final updates PostgreSQL did not take: handed to `refused` when given (the journal),
+    /// else lost (logged and counted).
     fn unwritten_finishes(&self, fin: Finishes, e: &StoreError) {
         if fin.id.is_empty() {
             return;
         }
-        if let Some(spool) = &self.spool {
-            spool.engage();
-            for f in fin.into_finishes() {
-                spool.append_detached(&Record::Finish {
-                    finish: Box::new(f),
-                });
-            }
+        if let Some(refused) = &self.refused {
+            refused(fin.into_finishes());
             return;
         }
         self.metrics

@@ -16,8 +16,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use super::journal::{Reader, Segment};
-use super::{Record, Spool};
+use super::spool::journal::{Reader, Segment};
+use super::spool::{Record, Spool};
 use crate::metrics::Metrics;
 use crate::store::{self, StoreError};
 use crate::trace::{AttemptFinish, AttemptStart};
@@ -96,7 +96,7 @@ async fn run(mut ctx: ReplayCtx, mut stop: watch::Receiver<bool>) {
         let work = ctx.spool.records() > 0 || ctx.spool.engaged() || !ctx.previous.is_empty();
         if !work {
             tokio::select! {
-                _ = ctx.spool.shared.wake.notified() => {}
+                _ = ctx.spool.woken() => {}
                 _ = tokio::time::sleep(IDLE_CHECK) => {}
                 _ = stop.changed() => return,
             }

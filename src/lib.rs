@@ -73,7 +73,7 @@ pub async fn run_with(
     let pool = store::pool(&config.database)?;
     let (recorder, tasks) = Recorder::open(&config, pool, metrics.clone(), instance, spooling)?;
     if let Some(l) = admin {
-        api::start(l, &config, metrics.clone(), recorder.clone(), &stop)?;
+        api::start(l, &config, metrics.clone(), recorder.probe(), &stop)?;
     }
     let signal = {
         let stop = stop.clone();

@@ -44,7 +44,7 @@ use uuid::Uuid;
 
 use crate::config::{Config, Token};
 use crate::metrics::Metrics;
-use crate::record::{Readiness, Recorder};
+use crate::record::{Probe, Readiness};
 use crate::server;
 use crate::shutdown::Shutdown;
 use crate::store::query::{self, Cursor, GroupBy, PageRows, QueryError, SearchFilter};
@@ -70,7 +70,7 @@ pub struct ApiState {
     budget: usize,
     metrics: Arc<Metrics>,
     /// Asked by `/readyz`.
-    recorder: Recorder,
+    readiness: Probe,
     /// The Memory Explorer's sessions and settings.
     explorer: ui::Explorer,
     /// The current overview windows, kept briefly (`overview`).
@@ -82,14 +82,14 @@ impl ApiState {
         pool: Pool,
         admin: &crate::config::AdminConfig,
         metrics: Arc<Metrics>,
-        recorder: Recorder,
+        readiness: Probe,
     ) -> ApiState {
         ApiState {
             pool,
             token: admin.token.clone(),
             budget: admin.max_response_bytes,
             metrics,
-            recorder,
+            readiness,
             explorer: ui::Explorer::new(admin),
             overviews: Arc::default(),
         }
@@ -113,7 +113,7 @@ pub fn start(
     listener: TcpListener,
     config: &Config,
     metrics: Arc<Metrics>,
-    recorder: Recorder,
+    readiness: Probe,
     shutdown: &Arc<Shutdown>,
 ) -> Result<(), StoreError> {
     if config.admin.token.is_none() {
@@ -125,7 +125,7 @@ pub fn start(
         query_pool(config)?,
         &config.admin,
         metrics,
-        recorder,
+        readiness,
     ));
     let addr = listener
         .local_addr()
@@ -282,7 +282,7 @@ async fn platform<B>(state: &ApiState, req: &Request<B>) -> Resp {
     }
     match req.uri().path() {
         "/healthz" => text_response(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
-        "/readyz" => match state.recorder.ready().await {
+        "/readyz" => match state.readiness.ready().await {
             Readiness::Ready => text_response(
                 StatusCode::OK,
                 "text/plain; charset=utf-8",

@@ -68,6 +68,34 @@ pub enum Readiness {
     NotReady(String),
 }
 
+/// Answers whether the recorder can record.
+#[derive(Clone)]
+pub struct Probe {
+    pool: Pool,
+    metrics: Arc<Metrics>,
+    /// What pending rows may fill of the journal; `None` without a journal.
+    spool_pending_limit: Option<u64>,
+}
+
+impl Probe {
+    /// PostgreSQL answers `SELECT 1` within [`READY_DEADLINE`]: ready. Otherwise ready only
+    /// while the journal (if any) has room for a large record.
+    pub async fn ready(&self) -> Readiness {
+        let reason = match store::ping(&self.pool, READY_DEADLINE).await {
+            Ok(()) => return Readiness::Ready,
+            Err(reason) => reason,
+        };
+        let Some(limit) = self.spool_pending_limit else {
+            return Readiness::NotReady(reason);
+        };
+        let used = self.metrics.spool_bytes.load(Ordering::Relaxed);
+        match used + SPOOL_HEADROOM <= limit {
+            true => Readiness::Spooling(reason),
+            false => Readiness::NotReady(format!("{reason}; spool journal full")),
+        }
+    }
+}
+
 /// A pending row that could not be recorded, under a policy that forbids forwarding it. The
 /// ticket must still be finished: an insert that timed out may commit later.
 pub struct Refused {
@@ -191,27 +219,19 @@ impl Recorder {
         Err(Refused { reason, ticket })
     }
 
-    /// Whether rows can be recorded now: PostgreSQL answers `SELECT 1` within
-    /// [`READY_DEADLINE`], or else the journal (if any) has room for a large record.
+    /// Whether rows can be recorded now (see [`Probe::ready`]).
     pub async fn ready(&self) -> Readiness {
-        let reason = match store::ping(self.pool(), READY_DEADLINE).await {
-            Ok(()) => return Readiness::Ready,
-            Err(reason) => reason,
-        };
-        let Some(room) = self.spool_room() else {
-            return Readiness::NotReady(reason);
-        };
-        match room {
-            true => Readiness::Spooling(reason),
-            false => Readiness::NotReady(format!("{reason}; spool journal full")),
-        }
+        self.probe().ready().await
     }
 
-    /// Room for another record of typical size in the journal; `None` without a journal.
-    fn spool_room(&self) -> Option<bool> {
-        self.0.spool.as_ref()?;
-        let used = self.0.metrics.spool_bytes.load(Ordering::Relaxed);
-        Some(used + SPOOL_HEADROOM <= self.0.spool_pending_limit)
+    /// A handle that answers [`Recorder::ready`] without keeping the recorder open (the admin
+    /// listener outlives the writer at shutdown).
+    pub fn probe(&self) -> Probe {
+        Probe {
+            pool: self.pool().clone(),
+            metrics: self.0.metrics.clone(),
+            spool_pending_limit: self.0.spool.as_ref().map(|_| self.0.spool_pending_limit),
+        }
     }
 
     /// Queues a final update for a committed row.

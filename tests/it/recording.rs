@@ -304,3 +304,54 @@ async fn store_connections_time_out_statements_and_writer_sessions_keep_index_pl
     );
     assert_eq!(show(writer, "enable_seqscan").await, "off");
 }
+
+/// The recorder's boundary on its own: a ticket nobody finished (the proxy always finishes its
+/// attempts; this is the safety net) still gets a final row, as an abort.
+#[tokio::test]
+async fn a_ticket_dropped_unfinished_is_recorded_as_aborted() {
+    use trace_proxy::record::Recorder;
+    use trace_proxy::shutdown::Shutdown;
+    use trace_proxy::trace::{now_utc, AttemptStart};
+    let db = TestDb::new().await;
+    let up = closed_port().await;
+    let cfg = trace_proxy::Config::from_toml_str(&config(&db, up, "")).expect("config");
+    let pool = trace_proxy::store::pool(&cfg.database).expect("pool");
+    trace_proxy::migrate_pool(&pool).await.expect("migrate");
+    let metrics = Arc::new(trace_proxy::metrics::Metrics::default());
+    let (recorder, tasks) =
+        Recorder::open(&cfg, pool, metrics, uuid::Uuid::new_v4(), None).expect("recorder");
+    let trace = new_trace_id();
+    let start = || AttemptStart {
+        id: uuid::Uuid::now_v7(),
+        trace_id: trace.clone(),
+        execution_id: None,
+        source_service: "bilko-app".into(),
+        destination_service: "n8n".into(),
+        workflow_id: "w".into(),
+        action: None,
+        user_id: "u".into(),
+        requested_at: now_utc(),
+        request_payload: None,
+        http_method: "POST".into(),
+        http_target: "/webhook/w".into(),
+        route_name: "n8n".into(),
+        n8n_execution_id: None,
+        redactions: None,
+    };
+    let Ok(ticket) = recorder.start(start).await else {
+        panic!("the pending row was not recorded");
+    };
+    assert_eq!(ticket.number(), Some(1));
+    drop(ticket);
+    let rows = db.final_rows(&trace, 1).await;
+    assert_eq!(rows[0].get::<_, &str>("overall_status"), "failed");
+    assert_eq!(
+        rows[0].get::<_, Option<&str>>("error_code"),
+        Some("CLIENT_ABORTED")
+    );
+    // The writer ends once the last handle is gone and its queue is written.
+    drop(recorder);
+    let shutdown = Shutdown::new(std::time::Duration::from_secs(5));
+    shutdown.begin();
+    assert!(tasks.close(&shutdown).await, "every row written");
+}

@@ -299,3 +299,27 @@ async fn proxy_killed_mid_request_leaves_a_row_that_another_proxy_resolves_once_
     .await;
     second.stop().await;
 }
+
+/// With the admin listener up (it keeps answering `/readyz` while the proxy drains), a graceful
+/// stop still writes every row and deregisters the instance, well before the shutdown deadline.
+#[tokio::test]
+async fn a_graceful_stop_with_the_admin_listener_writes_everything_and_deregisters() {
+    let db = TestDb::new().await;
+    let up = upstream(|_req| async { Response::new(full("{\"ok\":true}")) }).await;
+    let proxy = Proxy::start_with_admin(&config(&db, up, "")).await;
+    let trace = new_trace_id();
+    let (parts, _) = send(get(&proxy.url("/webhook/w"), &trace)).await;
+    assert_eq!(parts.status, 200);
+    let started = std::time::Instant::now();
+    // `stop` gives up after 10 s; the default shutdown_timeout is 30 s.
+    proxy.stop().await;
+    let took = started.elapsed();
+    let rows = db.trace_rows(&trace).await;
+    assert_eq!(rows[0].get::<_, &str>("overall_status"), "success");
+    let left = db.rows("SELECT count(*) FROM trace_proxy_instances").await;
+    assert_eq!(
+        left[0].get::<_, i64>(0),
+        0,
+        "instance still registered after a stop of {took:?}"
+    );
+}

@@ -23,6 +23,8 @@ use http_body_util::BodyExt;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
+use crate::error::error_chain;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The first bytes of a body, capped, with the total seen.
@@ -168,21 +170,6 @@ where
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
-}
-
-/// An error and its sources on one line.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(cause) = src {
-        let c = cause.to_string();
-        if !s.contains(&c) {
-            s.push_str(": ");
-            s.push_str(&c);
-        }
-        src = cause.source();
-    }
-    s
 }
 
 /// Shared counters of a forwarded request body, read when the attempt ends.

@@ -8,6 +8,7 @@ pub mod api;
 pub mod capture;
 pub mod config;
 pub mod diff;
+pub mod error;
 pub mod metrics;
 pub mod probe;
 pub mod proxy;

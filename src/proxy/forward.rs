@@ -15,8 +15,9 @@ use rustls_pki_types::CertificateDer;
 
 use super::correlate::Correlation;
 use super::error::ProxyError;
-use crate::capture::{error_chain, RequestBody};
+use crate::capture::RequestBody;
 use crate::config::{Config, Route, TlsRoots, UpstreamConfig};
+use crate::error::error_chain;
 
 pub type UpstreamBody = RequestBody<hyper::body::Incoming>;
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;

@@ -83,7 +83,13 @@ impl Probe {
     pub async fn ready(&self) -> Readiness {
         let reason = match store::ping(&self.pool, READY_DEADLINE).await {
             Ok(()) => return Readiness::Ready,
-            Err(reason) => reason,
+            Err(StoreError::Timeout(d)) => {
+                format!(
+                    "database did not answer SELECT 1 within {} ms",
+                    d.as_millis()
+                )
+            }
+            Err(e) => format!("database unreachable: {e}"),
         };
         let Some(limit) = self.spool_pending_limit else {
             return Readiness::NotReady(reason);

@@ -167,14 +167,7 @@ async fn pass(ctx: &ReplayCtx, stop: &watch::Receiver<bool>) -> Result<(), Store
 }
 
 async fn reachable(ctx: &ReplayCtx) -> Result<(), StoreError> {
-    let client = ctx.pool.get().await?;
-    match tokio::time::timeout(ctx.deadline, client.simple_query("SELECT 1")).await {
-        Ok(r) => r.map(drop).map_err(StoreError::from),
-        Err(_) => {
-            drop(deadpool_postgres::Object::take(client));
-            Err(StoreError::Timeout(ctx.deadline))
-        }
-    }
+    store::ping(&ctx.pool, ctx.deadline).await
 }
 
 /// Applies one segment; false when stopped before its end.

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use chrono::{NaiveDateTime, TimeDelta};
 use http::Response;
 use trace_proxy::config::RetentionConfig;
-use trace_proxy::retention::{self, Report, RetentionError, LOCK_CLASS, OUTCOME_UNKNOWN};
+use trace_proxy::recovery::OUTCOME_UNKNOWN;
+use trace_proxy::retention::{self, Report, RetentionError, LOCK_CLASS};
 
 use crate::support::*;
 

@@ -1,7 +1,10 @@
 //! Everything PostgreSQL: the pool, migrations and the batching writer. Knows nothing of HTTP.
 
+pub mod archive;
+pub mod instances;
 mod migrate;
 pub mod query;
+mod unresolved;
 mod writer;
 
 use std::sync::Arc;
@@ -39,7 +42,7 @@ pub enum StoreError {
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
-        let text = crate::capture::error_chain(&e);
+        let text = crate::error::error_chain(&e);
         match e.code().map(|c| c.code()) {
             Some(code) if code.starts_with("22") || code.starts_with("23") => {
                 StoreError::Rejected(text)
@@ -51,7 +54,7 @@ impl From<tokio_postgres::Error> for StoreError {
 
 impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        StoreError::Pool(crate::capture::error_chain(&e))
+        StoreError::Pool(crate::error::error_chain(&e))
     }
 }
 
@@ -243,23 +246,19 @@ pub(crate) async fn replay(
     }
 }
 
-/// Whether PostgreSQL answers: a pooled connection runs `SELECT 1` within `deadline`. The error
-/// says why not, for `/readyz` and the logs.
-pub async fn ping(pool: &Pool, deadline: Duration) -> Result<(), String> {
-    let check = async {
-        let client = pool.get().await.map_err(|e| e.to_string())?;
-        client
-            .simple_query("SELECT 1")
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
-    };
-    match tokio::time::timeout(deadline, check).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("database unreachable: {e}")),
-        Err(_) => Err(format!(
-            "database did not answer SELECT 1 within {} ms",
-            deadline.as_millis()
-        )),
+/// Whether PostgreSQL answers: a pooled connection runs `SELECT 1` within `deadline` (a
+/// connection that does not is discarded). Used by `/readyz` and before each replay pass.
+pub async fn ping(pool: &Pool, deadline: Duration) -> Result<(), StoreError> {
+    let started = tokio::time::Instant::now();
+    let client = tokio::time::timeout(deadline, pool.get())
+        .await
+        .map_err(|_| StoreError::Timeout(deadline))??;
+    let left = deadline.saturating_sub(started.elapsed());
+    match tokio::time::timeout(left, client.simple_query("SELECT 1")).await {
+        Ok(r) => r.map(drop).map_err(StoreError::from),
+        Err(_) => {
+            drop(deadpool_postgres::Object::take(client));
+            Err(StoreError::Timeout(deadline))
+        }
     }
 }

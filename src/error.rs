@@ -1,0 +1,38 @@
+//! How errors become text: one line with the error and each of its sources, for log lines and
+//! the `error_detail` of a row. Typed errors keep their sources until they reach this boundary.
+
+/// An error and its sources on one line, each cause once (a cause whose text an outer message
+/// already contains is not repeated).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        let c = cause.to_string();
+        if !s.contains(&c) {
+            s.push_str(": ");
+            s.push_str(&c);
+        }
+        src = cause.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer: disk full")]
+    struct Repeats(#[source] std::io::Error);
+
+    #[test]
+    fn every_cause_once_on_one_line() {
+        let io = || std::io::Error::other("disk full");
+        assert_eq!(error_chain(&Outer(io())), "outer: disk full");
+        assert_eq!(error_chain(&Repeats(io())), "outer: disk full");
+    }
+}

@@ -4,6 +4,16 @@
 //! cut to 16 KiB (structure-keeping truncation), and the same body cut at the capture cap
 //! (lenient prefix parse). `cargo bench --bench sanitize`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    clippy::cognitive_complexity,
+    unreachable_pub,
+    clippy::disallowed_methods,
+    reason = "test and measurement code: a failed step should stop it loudly"
+)]
+
 use std::hint::black_box;
 use std::time::Duration;
 

@@ -7,6 +7,16 @@
 //! end. It does as little work as possible so that the benchmark measures the
 //! proxy in front of it, not this server.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    clippy::cognitive_complexity,
+    unreachable_pub,
+    clippy::disallowed_methods,
+    reason = "test and measurement code: a failed step should stop it loudly"
+)]
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -13,6 +13,16 @@
 //! Ids are drawn uniformly from the ranges the bench loaded (`t<n>`, `wf-<n>`, `user-<n>`), so
 //! every request hits a different, mostly uncached, part of the indexes.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    clippy::cognitive_complexity,
+    unreachable_pub,
+    clippy::disallowed_methods,
+    reason = "test and measurement code: a failed step should stop it loudly"
+)]
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;

@@ -25,18 +25,18 @@ use tokio::time::{Instant, Sleep};
 
 use crate::error::error_chain;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The first bytes of a body, capped, with the total seen.
 #[derive(Debug, Default)]
-pub struct Captured {
+pub(crate) struct Captured {
     pub bytes: Vec<u8>,
     pub cap: usize,
     pub total: u64,
 }
 
 impl Captured {
-    pub fn new(cap: usize) -> Self {
+    pub(crate) fn new(cap: usize) -> Self {
         Self {
             bytes: Vec::new(),
             cap,
@@ -53,14 +53,14 @@ impl Captured {
     }
 
     /// True when the body had more bytes than were kept.
-    pub fn cut(&self) -> bool {
+    pub(crate) fn cut(&self) -> bool {
         self.total > self.bytes.len() as u64
     }
 }
 
 /// How a streamed body ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BodyEnd {
+pub(crate) enum BodyEnd {
     Complete,
     /// The upstream failed mid-body (reset, protocol error).
     Error(String),
@@ -71,7 +71,7 @@ pub enum BodyEnd {
 }
 
 /// Receives the end of a body, exactly once. Must not block or do I/O.
-pub trait OnEnd: Send + 'static {
+pub(crate) trait OnEnd: Send + 'static {
     fn on_end(self, end: BodyEnd, captured: Captured);
 }
 
@@ -99,7 +99,7 @@ pin_project! {
 }
 
 impl<B: Body, E: OnEnd> TeeBody<B, E> {
-    pub fn new(inner: B, cap: usize, idle_timeout: Option<Duration>, sink: E) -> Self {
+    pub(crate) fn new(inner: B, cap: usize, idle_timeout: Option<Duration>, sink: E) -> Self {
         Self {
             inner,
             captured: Captured::new(cap),
@@ -174,14 +174,14 @@ where
 
 /// Shared counters of a forwarded request body, read when the attempt ends.
 #[derive(Debug, Default)]
-pub struct RequestStats {
+pub(crate) struct RequestStats {
     pub bytes: AtomicU64,
     pub over_limit: AtomicBool,
 }
 
 /// Why reading the start of a request body failed.
 #[derive(Debug, thiserror::Error)]
-pub enum PrefixError {
+pub(crate) enum PrefixError {
     #[error("request body exceeds the limit of {limit} bytes")]
     TooLarge { limit: u64 },
     #[error("request body not received within {0:?}")]
@@ -191,7 +191,7 @@ pub enum PrefixError {
 }
 
 /// The start of a request body, read before the pending row is written.
-pub struct Prefix<B> {
+pub(crate) struct Prefix<B> {
     pub frames: VecDeque<Frame<Bytes>>,
     pub captured: Captured,
     /// The rest of the body, `None` when it was read to its end.
@@ -200,7 +200,7 @@ pub struct Prefix<B> {
 
 /// Reads frames until `cap` bytes are held or the body ends. Never holds more than `cap` plus
 /// one frame.
-pub async fn read_prefix<B>(
+pub(crate) async fn read_prefix<B>(
     mut body: B,
     cap: usize,
     limit: Option<u64>,
@@ -247,7 +247,7 @@ where
 
 /// A request body held whole in memory, so a retry can send it again.
 #[derive(Debug, Clone)]
-pub struct Replay {
+pub(crate) struct Replay {
     frames: Vec<ReplayFrame>,
     total: u64,
 }
@@ -261,7 +261,7 @@ enum ReplayFrame {
 impl<B> Prefix<B> {
     /// The whole body as a replay buffer of at most `max` bytes; `None` for a larger body
     /// (part of it may still be unread, and can be sent only once).
-    pub fn replay(&self, max: usize) -> Option<Replay> {
+    pub(crate) fn replay(&self, max: usize) -> Option<Replay> {
         if self.rest.is_some() || self.captured.total > max as u64 {
             return None;
         }
@@ -283,7 +283,7 @@ impl<B> Prefix<B> {
 
 /// Reads a response body that will not reach the client (a retried attempt's), keeping at most
 /// `cap` bytes for its row. Stops at the cap or when no frame arrives within `idle`.
-pub async fn drain_capped<B>(mut body: B, cap: usize, idle: Duration) -> (BodyEnd, Captured)
+pub(crate) async fn drain_capped<B>(mut body: B, cap: usize, idle: Duration) -> (BodyEnd, Captured)
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
@@ -322,7 +322,7 @@ pin_project! {
 
 impl<B: Body> RequestBody<B> {
     /// A body sent again from its replay buffer.
-    pub fn replay(replay: &Replay, stats: Arc<RequestStats>) -> Self {
+    pub(crate) fn replay(replay: &Replay, stats: Arc<RequestStats>) -> Self {
         stats.bytes.store(replay.total, Ordering::Relaxed);
         let frames = replay
             .frames
@@ -340,7 +340,7 @@ impl<B: Body> RequestBody<B> {
         }
     }
 
-    pub fn new(prefix: Prefix<B>, limit: Option<u64>, stats: Arc<RequestStats>) -> Self {
+    pub(crate) fn new(prefix: Prefix<B>, limit: Option<u64>, stats: Arc<RequestStats>) -> Self {
         stats.bytes.store(prefix.captured.total, Ordering::Relaxed);
         Self {
             frames: prefix.frames,
@@ -414,6 +414,7 @@ where
 }
 
 #[cfg(test)]
+#[expect(clippy::disallowed_methods, reason = "tests read whole, small bodies")]
 mod tests {
     use super::*;
     use http_body_util::{Full, StreamBody};

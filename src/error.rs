@@ -3,7 +3,7 @@
 
 /// An error and its sources on one line, each cause once (a cause whose text an outer message
 /// already contains is not repeated).
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(cause) = src {

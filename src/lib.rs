@@ -5,19 +5,19 @@
 //! it migrates the schema, starts the store writer and serves until shutdown.
 
 pub mod api;
-pub mod capture;
+mod capture;
 pub mod config;
 pub mod diff;
-pub mod error;
+mod error;
 pub mod metrics;
 pub mod probe;
-pub mod proxy;
+mod proxy;
 pub mod record;
 pub mod recovery;
 pub mod retention;
-pub mod retry;
+mod retry;
 pub mod sanitize;
-pub mod server;
+mod server;
 pub mod shutdown;
 pub mod trace;
 

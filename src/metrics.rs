@@ -346,99 +346,121 @@ fn scalar(out: &mut String, name: &str, kind: &str, value: &AtomicU64, help: &st
 /// Content type of [`Metrics::render`]'s output.
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// The counters: name (after `trace_proxy_`), field, help.
+type Field = fn(&Metrics) -> &AtomicU64;
+const COUNTERS: [(&str, Field, &str); 18] = [
+    (
+        "requests",
+        |m| &m.requests,
+        "Requests that reached a route.",
+    ),
+    (
+        "rows_started",
+        |m| &m.rows_started,
+        "Pending rows committed (D1).",
+    ),
+    (
+        "rows_finished",
+        |m| &m.rows_finished,
+        "Final updates written (D2).",
+    ),
+    (
+        "unrecorded",
+        |m| &m.unrecorded,
+        "Requests forwarded without a pending row (on_unavailable = forward).",
+    ),
+    (
+        "rejected_unavailable",
+        |m| &m.rejected_unavailable,
+        "Requests answered 503 because no pending row could be written.",
+    ),
+    (
+        "finish_failed",
+        |m| &m.finish_failed,
+        "Final updates that could not be written.",
+    ),
+    (
+        "truncated_payloads",
+        |m| &m.truncated_payloads,
+        "Payloads stored with a truncation indicator.",
+    ),
+    (
+        "retries",
+        |m| &m.retries,
+        "Attempts the proxy repeated (D3).",
+    ),
+    (
+        "writer_batches",
+        |m| &m.writer_batches,
+        "Batches the store writer wrote.",
+    ),
+    (
+        "writer_ops",
+        |m| &m.writer_ops,
+        "Operations (inserts, updates) the store writer wrote.",
+    ),
+    (
+        "spooled",
+        |m| &m.spooled,
+        "Records appended to the spool journal while PostgreSQL was unavailable.",
+    ),
+    (
+        "replayed",
+        |m| &m.replayed,
+        "Spool journal records applied to PostgreSQL.",
+    ),
+    (
+        "replay_already_stored",
+        |m| &m.replay_already_stored,
+        "Replayed pending rows found already stored (timed out but committed): skipped.",
+    ),
+    (
+        "spool_full",
+        |m| &m.spool_full,
+        "Records refused because the spool journal was full.",
+    ),
+    (
+        "spool_failed",
+        |m| &m.spool_failed,
+        "Records that could not be written to the spool journal.",
+    ),
+    (
+        "spool_torn",
+        |m| &m.spool_torn,
+        "Journal segments whose torn tail was cut off at startup.",
+    ),
+    (
+        "spool_undecodable",
+        |m| &m.spool_undecodable,
+        "Journal records skipped during replay because they could not be decoded.",
+    ),
+    (
+        "spool_rejected",
+        |m| &m.spool_rejected,
+        "Journal records PostgreSQL rejected at replay (stored without their payload, or skipped).",
+    ),
+];
+
+/// The gauges: name (after `trace_proxy_`), field, help.
+const GAUGES: [(&str, Field, &str); 2] = [
+    (
+        "spool_records",
+        |m| &m.spool_records,
+        "Records in the spool journal waiting for replay.",
+    ),
+    (
+        "spool_bytes",
+        |m| &m.spool_bytes,
+        "Bytes of the spool journal waiting for replay.",
+    ),
+];
+
 impl Metrics {
     /// Everything, in the Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(8192);
-        let counters: [(&str, &AtomicU64, &str); 18] = [
-            ("requests", &self.requests, "Requests that reached a route."),
-            (
-                "rows_started",
-                &self.rows_started,
-                "Pending rows committed (D1).",
-            ),
-            (
-                "rows_finished",
-                &self.rows_finished,
-                "Final updates written (D2).",
-            ),
-            (
-                "unrecorded",
-                &self.unrecorded,
-                "Requests forwarded without a pending row (on_unavailable = forward).",
-            ),
-            (
-                "rejected_unavailable",
-                &self.rejected_unavailable,
-                "Requests answered 503 because no pending row could be written.",
-            ),
-            (
-                "finish_failed",
-                &self.finish_failed,
-                "Final updates that could not be written.",
-            ),
-            (
-                "truncated_payloads",
-                &self.truncated_payloads,
-                "Payloads stored with a truncation indicator.",
-            ),
-            (
-                "retries",
-                &self.retries,
-                "Attempts the proxy repeated (D3).",
-            ),
-            (
-                "writer_batches",
-                &self.writer_batches,
-                "Batches the store writer wrote.",
-            ),
-            (
-                "writer_ops",
-                &self.writer_ops,
-                "Operations (inserts, updates) the store writer wrote.",
-            ),
-            (
-                "spooled",
-                &self.spooled,
-                "Records appended to the spool journal while PostgreSQL was unavailable.",
-            ),
-            (
-                "replayed",
-                &self.replayed,
-                "Spool journal records applied to PostgreSQL.",
-            ),
-            (
-                "replay_already_stored",
-                &self.replay_already_stored,
-                "Replayed pending rows found already stored (timed out but committed): skipped.",
-            ),
-            (
-                "spool_full",
-                &self.spool_full,
-                "Records refused because the spool journal was full.",
-            ),
-            (
-                "spool_failed",
-                &self.spool_failed,
-                "Records that could not be written to the spool journal.",
-            ),
-            (
-                "spool_torn",
-                &self.spool_torn,
-                "Journal segments whose torn tail was cut off at startup.",
-            ),
-            (
-                "spool_undecodable",
-                &self.spool_undecodable,
-                "Journal records skipped during replay because they could not be decoded.",
-            ),
-            (
-                "spool_rejected",
-                &self.spool_rejected,
-                "Journal records PostgreSQL rejected at replay (stored without their payload, or skipped).",
-            ),
-        ];
-        for (name, c, help) in counters {
+        for (name, c, help) in COUNTERS {
+            let c = c(self);
             scalar(
                 &mut out,
                 &format!("trace_proxy_{name}_total"),
@@ -447,19 +469,8 @@ impl Metrics {
                 help,
             );
         }
-        let gauges: [(&str, &AtomicU64, &str); 2] = [
-            (
-                "spool_records",
-                &self.spool_records,
-                "Records in the spool journal waiting for replay.",
-            ),
-            (
-                "spool_bytes",
-                &self.spool_bytes,
-                "Bytes of the spool journal waiting for replay.",
-            ),
-        ];
-        for (name, g, help) in gauges {
+        for (name, g, help) in GAUGES {
+            let g = g(self);
             scalar(&mut out, &format!("trace_proxy_{name}"), "gauge", g, help);
         }
         self.route_requests.render(

@@ -25,7 +25,7 @@ pub enum RetryPolicyError {
 }
 
 /// Highest accepted `max_attempts`.
-pub const MAX_ATTEMPTS: u32 = 10;
+pub(crate) const MAX_ATTEMPTS: u32 = 10;
 
 /// A route's retry policy; its invariants hold from [`RetryPolicy::try_new`] on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,11 +103,6 @@ impl RetryPolicy {
         self.max_attempts
     }
 
-    /// True when a response with `status` is a failure this policy may retry.
-    pub fn retries_status(&self, status: u16) -> bool {
-        self.max_attempts > 1 && self.retry_on_status.contains(&status)
-    }
-
     /// Whether attempt `n` (1-based) may be followed by another.
     pub fn decide(&self, n: u32, method: &Method, replayable: bool, failure: Failure) -> Decision {
         if self.max_attempts <= 1 {
@@ -158,7 +153,7 @@ impl RetryPolicy {
 }
 
 /// RFC 9110 §9.2.2.
-pub fn is_idempotent(method: &Method) -> bool {
+pub(crate) fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
@@ -166,7 +161,7 @@ pub fn is_idempotent(method: &Method) -> bool {
 }
 
 /// `Retry-After` (RFC 9110 §10.2.3): delay-seconds or an HTTP-date, as a wait from `now`.
-pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let v = headers
         .get(http::header::RETRY_AFTER)?
         .to_str()

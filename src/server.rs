@@ -23,7 +23,7 @@ use crate::shutdown::Shutdown;
 
 /// How a listener treats its connections.
 #[derive(Debug, Clone)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Which listener, in log lines.
     pub name: &'static str,
     /// Open connections at most; more wait in the accept queue.
@@ -37,7 +37,7 @@ pub struct Limits {
 /// Serves the proxy on `listener` until shutdown begins, then lets open connections finish their
 /// in-flight requests until the shutdown's cut-off; what is still open then is cut, and its
 /// attempts are recorded as interrupted in the time left.
-pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: &Shutdown) {
+pub(crate) async fn serve(listener: TcpListener, app: Arc<App>, shutdown: &Shutdown) {
     let cfg = &app.config.server;
     let limits = Limits {
         name: "proxy",
@@ -58,7 +58,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: &Shutdown) {
 }
 
 /// Connections still open when a listener stopped accepting.
-pub struct Open {
+pub(crate) struct Open {
     name: &'static str,
     graceful: GracefulShutdown,
     conns: JoinSet<()>,
@@ -67,7 +67,7 @@ pub struct Open {
 impl Open {
     /// Waits until the open connections finish their in-flight requests or the shutdown's cut-off
     /// passes; then calls `on_deadline` and cuts what is left. True when all finished in time.
-    pub async fn drain(mut self, shutdown: &Shutdown, on_deadline: impl FnOnce()) -> bool {
+    pub(crate) async fn drain(mut self, shutdown: &Shutdown, on_deadline: impl FnOnce()) -> bool {
         tracing::info!(
             listener = self.name,
             open = self.graceful.count(),
@@ -93,7 +93,7 @@ impl Open {
 
 /// Accepts connections on `listener` and serves each with `handler` until `shutdown` begins;
 /// returns the connections still open.
-pub async fn accept<H, F, B>(
+pub(crate) async fn accept<H, F, B>(
     listener: TcpListener,
     limits: &Limits,
     shutdown: &Shutdown,

@@ -127,7 +127,7 @@ pub fn parse_rfc3339(s: &str) -> Result<NaiveDateTime, chrono::ParseError> {
 }
 
 mod utc {
-    pub fn serialize<S: serde::Serializer>(
+    pub(super) fn serialize<S: serde::Serializer>(
         t: &chrono::NaiveDateTime,
         s: S,
     ) -> Result<S::Ok, S::Error> {
@@ -136,7 +136,7 @@ mod utc {
 }
 
 mod utc_opt {
-    pub fn serialize<S: serde::Serializer>(
+    pub(super) fn serialize<S: serde::Serializer>(
         t: &Option<chrono::NaiveDateTime>,
         s: S,
     ) -> Result<S::Ok, S::Error> {

@@ -147,25 +147,7 @@ pub async fn run(config: &Config, cmd: TracesCommand) -> Result<String, CliError
     // A terminal has no byte budget; the JSON is otherwise the API's.
     let budget = usize::MAX;
     match cmd {
-        TracesCommand::Chain { trace_id, out } => {
-            let p = projection(&out);
-            let rows = query::trace_chain_limited(
-                client,
-                &trace_id,
-                p.reads_payloads(),
-                super::MAX_CHAIN + 1,
-            )
-            .await?;
-            if rows.is_empty() {
-                return Err(CliError::NotFound(format!("no trace {trace_id:?}")));
-            }
-            if out.json {
-                return Ok(pretty(&super::chain_json(&trace_id, &p, rows, budget)));
-            }
-            let mut s = format!("trace {trace_id}: {} attempt(s)\n", rows.len());
-            s.push_str(&rows_table(&rows, true));
-            Ok(s)
-        }
+        TracesCommand::Chain { trace_id, out } => chain(client, &trace_id, &out, budget).await,
         TracesCommand::Failures {
             workflow_id,
             limit,
@@ -223,6 +205,27 @@ pub async fn run(config: &Config, cmd: TracesCommand) -> Result<String, CliError
             Ok(stats_text(&s, since, until, group_by))
         }
     }
+}
+
+/// `traces chain`: the attempts of one trace.
+async fn chain(
+    client: &tokio_postgres::Client,
+    trace_id: &str,
+    out: &Output,
+    budget: usize,
+) -> Result<String, CliError> {
+    let p = projection(out);
+    let limit = super::MAX_CHAIN + 1;
+    let rows = query::trace_chain_limited(client, trace_id, p.reads_payloads(), limit).await?;
+    if rows.is_empty() {
+        return Err(CliError::NotFound(format!("no trace {trace_id:?}")));
+    }
+    if out.json {
+        return Ok(pretty(&super::chain_json(trace_id, &p, rows, budget)));
+    }
+    let mut s = format!("trace {trace_id}: {} attempt(s)\n", rows.len());
+    s.push_str(&rows_table(&rows, true));
+    Ok(s)
 }
 
 /// The first page of a newest-first list.

@@ -35,8 +35,16 @@ fn list_response(description: &str, extra: Value) -> Value {
     })
 }
 
-/// The document.
-pub fn document() -> Value {
+/// Parameters several operations share.
+struct Common {
+    payloads: Value,
+    fields: Value,
+    limit: Value,
+    cursor: Value,
+    paged: Value,
+}
+
+fn common() -> Common {
     let payloads = param(
         "payloads",
         "query",
@@ -61,42 +69,41 @@ pub fn document() -> Value {
         "nextCursor of the previous page (opaque)",
         json!({"type": "string"}),
     );
-    let time = |name: &str, d: &str| {
-        param(
-            name,
-            "query",
-            d,
-            json!({"type": "string", "format": "date-time"}),
-        )
-    };
-    let text = |name: &str, d: &str| param(name, "query", d, json!({"type": "string"}));
-    let path = |name: &str, d: &str| param(name, "path", d, json!({"type": "string"}));
     let paged = list_response(
         "newest first (requestedAt, then id, descending)",
         json!({"limit": {"type": "integer"}, "nextCursor": {"type": ["string", "null"]}}),
     );
-    let mut trace_props = serde_json::Map::new();
-    for f in FIELDS {
-        let schema = match f {
-            "attemptNumber" | "durationMs" => json!({"type": "integer"}),
-            "requestedAt" | "respondedAt" => {
-                json!({"type": "string", "format": "date-time", "description": "UTC, ISO-8601 with milliseconds"})
-            }
-            "requestPayload" | "responsePayload" => {
-                json!({"description": "JSON as stored (sanitized)"})
-            }
-            "overallStatus" => {
-                json!({"type": "string", "enum": ["pending", "in_progress", "success", "failed"]})
-            }
-            "httpMethod" | "httpTarget" => {
-                json!({"type": ["string", "null"], "description": "trace-proxy's column (not DATA-002): only with fields=* or when named; the target is redacted like payloads"})
-            }
-            "httpStatus" => {
-                json!({"type": ["integer", "null"], "description": "upstream response status, null when none arrived; trace-proxy's column: only with fields=* or when named"})
-            }
-            _ => json!({"type": "string"}),
-        };
-        trace_props.insert(f.to_owned(), schema);
+    Common {
+        payloads,
+        fields,
+        limit,
+        cursor,
+        paged,
+    }
+}
+
+fn path(name: &str, d: &str) -> Value {
+    param(name, "path", d, json!({"type": "string"}))
+}
+
+fn time(name: &str, d: &str) -> Value {
+    param(
+        name,
+        "query",
+        d,
+        json!({"type": "string", "format": "date-time"}),
+    )
+}
+
+fn text(name: &str, d: &str) -> Value {
+    param(name, "query", d, json!({"type": "string"}))
+}
+
+/// The document.
+pub(super) fn document() -> Value {
+    let mut paths = trace_paths();
+    if let (Some(all), Value::Object(more)) = (paths.as_object_mut(), query_paths()) {
+        all.extend(more);
     }
     json!({
         "openapi": "3.1.0",
@@ -106,7 +113,21 @@ pub fn document() -> Value {
             "description": "Read-only queries over communication_traces (DATA-002). Rows use the CommunicationTrace field names; times are UTC ISO-8601. Every response is capped at admin.max_response_bytes; `truncated: true` says something was cut. Ids containing '/' are percent-encoded (%2F) in paths.",
         },
         "security": [{"bearer": []}, {"explorerSession": []}],
-        "paths": {
+        "paths": paths,
+        "components": components(),
+    })
+}
+
+/// The operations on traces, workflows, users and executions.
+fn trace_paths() -> Value {
+    let Common {
+        payloads,
+        fields,
+        limit,
+        cursor,
+        paged,
+    } = common();
+    json!({
             "/api/traces/{traceId}": {"get": {
                 "summary": "The trace chain: every attempt, by attemptNumber (getTraceChain)",
                 "parameters": [path("traceId", "the trace id"), payloads.clone(), fields.clone()],
@@ -140,7 +161,20 @@ pub fn document() -> Value {
                 "parameters": [param("executionId", "path", "the execution UUID", json!({"type": "string", "format": "uuid"})), payloads.clone(), fields.clone()],
                 "responses": merge(list_response(&format!("at most {MAX_CHAIN} attempts"), json!({"executionId": {"type": "string"}})),
                     json!({"404": {"$ref": "#/components/responses/NotFound"}})),
-            }},
+            }}
+    })
+}
+
+/// Search, stats, the overview and this document.
+fn query_paths() -> Value {
+    let Common {
+        payloads,
+        fields,
+        limit,
+        cursor,
+        paged,
+    } = common();
+    json!({
             "/api/traces": {"get": {
                 "summary": "Search attempts, newest first, keyset-paginated",
                 "parameters": [
@@ -175,13 +209,44 @@ pub fn document() -> Value {
             "/api/openapi.json": {"get": {
                 "summary": "This document",
                 "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}}},
-            }},
-        },
-        "components": {
+            }}
+    })
+}
+
+/// The `CommunicationTrace` schema: every field the API can return.
+fn trace_schema() -> Value {
+    let mut trace_props = serde_json::Map::new();
+    for f in FIELDS {
+        let schema = match f {
+            "attemptNumber" | "durationMs" => json!({"type": "integer"}),
+            "requestedAt" | "respondedAt" => {
+                json!({"type": "string", "format": "date-time", "description": "UTC, ISO-8601 with milliseconds"})
+            }
+            "requestPayload" | "responsePayload" => {
+                json!({"description": "JSON as stored (sanitized)"})
+            }
+            "overallStatus" => {
+                json!({"type": "string", "enum": ["pending", "in_progress", "success", "failed"]})
+            }
+            "httpMethod" | "httpTarget" => {
+                json!({"type": ["string", "null"], "description": "trace-proxy's column (not DATA-002): only with fields=* or when named; the target is redacted like payloads"})
+            }
+            "httpStatus" => {
+                json!({"type": ["integer", "null"], "description": "upstream response status, null when none arrived; trace-proxy's column: only with fields=* or when named"})
+            }
+            _ => json!({"type": "string"}),
+        };
+        trace_props.insert(f.to_owned(), schema);
+    }
+    json!({"type": "object", "properties": trace_props})
+}
+
+fn components() -> Value {
+    json!({
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "admin.token or TRACE_PROXY_ADMIN_TOKEN"},
                 "explorerSession": {"type": "apiKey", "in": "cookie", "name": "trace_proxy_session", "description": "the Memory Explorer's sign-in session (POST /ui/signin)"}},
             "schemas": {
-                "CommunicationTrace": {"type": "object", "properties": trace_props},
+                "CommunicationTrace": trace_schema(),
                 "AttemptDiff": {"type": "object", "properties": {
                     "fromAttempt": {"type": "integer"}, "toAttempt": {"type": "integer"},
                     "request": {"type": "array", "items": {"type": "object", "properties": {
@@ -209,8 +274,7 @@ pub fn document() -> Value {
                 "NotFound": error("no such trace / execution / endpoint"),
                 "Unavailable": error("the database is unavailable"),
                 "Timeout": error("the query exceeded admin.statement_timeout_ms"),
-            },
-        },
+            }
     })
 }
 

@@ -31,7 +31,7 @@ const MAX_KEPT: usize = 64;
 const STALE_FOR: u32 = 10;
 
 /// How long a current window is served as is: a small part of one of its buckets.
-pub fn fresh_for(window: Window) -> Duration {
+pub(super) fn fresh_for(window: Window) -> Duration {
     match window {
         Window::Hour => Duration::from_secs(5),
         Window::Day => Duration::from_secs(30),
@@ -71,7 +71,7 @@ enum Lookup {
 
 /// The current windows kept between requests.
 #[derive(Default)]
-pub struct OverviewCache {
+pub(super) struct OverviewCache {
     kept: Mutex<HashMap<Key, Kept>>,
 }
 

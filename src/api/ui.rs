@@ -292,6 +292,10 @@ where
             "send the token as JSON: Content-Type: application/json, {\"token\": \"...\"}".into(),
         ));
     }
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "bounded: Limited to MAX_SIGN_IN_BYTES, within SIGN_IN_BODY_TIMEOUT"
+    )]
     let body = Limited::new(req.into_body(), MAX_SIGN_IN_BYTES).collect();
     let bytes = match tokio::time::timeout(SIGN_IN_BODY_TIMEOUT, body).await {
         Ok(Ok(b)) => b.to_bytes(),

@@ -20,7 +20,7 @@ const BUDGET_RANGE: std::ops::RangeInclusive<u64> = 65_536..=67_108_864;
 /// Explorer sign-in lifetimes accepted.
 const SESSION_TTL: std::ops::RangeInclusive<Dur> = Dur::secs(60)..=Dur::days(30);
 /// What `n8n_execution_url` must contain.
-pub const EXECUTION_PLACEHOLDER: &str = "{executionId}";
+pub(super) const EXECUTION_PLACEHOLDER: &str = "{executionId}";
 
 /// `[admin]` as written.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]

@@ -22,34 +22,34 @@ pub(super) struct Problems {
 
 impl Problems {
     /// A problem whose text names its own place (a file and line, an unknown key).
-    pub fn push(&mut self, problem: impl Into<String>) {
+    pub(super) fn push(&mut self, problem: impl Into<String>) {
         self.found.push(problem.into());
     }
 
     /// `key`'s value could not be read: reported as "`key`: problem", and from now on no
     /// problem is reported about `key` or anything under it.
-    pub fn unread(&mut self, key: &str, problem: impl Display) {
+    pub(super) fn unread(&mut self, key: &str, problem: impl Display) {
         self.found.push(format!("`{key}`: {problem}"));
         self.unread.insert(key.to_owned());
     }
 
     /// `key` was left out for a reason another problem states: nothing more is said about it.
-    pub fn left_out(&mut self, key: &str) {
+    pub(super) fn left_out(&mut self, key: &str) {
         self.unread.insert(key.to_owned());
     }
 
     /// Marks the configuration as missing whatever syntax errors swallowed.
-    pub fn set_incomplete(&mut self) {
+    pub(super) fn set_incomplete(&mut self) {
         self.incomplete = true;
     }
 
     /// A problem with `key`'s own value, reported as "`key` problem".
-    pub fn at(&mut self, key: &str, problem: impl Display) {
+    pub(super) fn at(&mut self, key: &str, problem: impl Display) {
         self.about(key, format!("{} {problem}", self.name(key)));
     }
 
     /// `key` quoted for a problem, with how it was written when that was a deprecated key.
-    pub fn name(&self, key: &str) -> String {
+    pub(super) fn name(&self, key: &str) -> String {
         match self.aliases.get(key) {
             Some(written) => format!("`{key}` (written as `{written}`)"),
             None => format!("`{key}`"),
@@ -57,54 +57,54 @@ impl Problems {
     }
 
     /// Something to say that is not a problem.
-    pub fn warn(&mut self, warning: String) {
+    pub(super) fn warn(&mut self, warning: String) {
         self.warnings.push(warning);
     }
 
     /// `key`'s value was written as `written` (a deprecated key).
-    pub fn alias(&mut self, key: &str, written: &str) {
+    pub(super) fn alias(&mut self, key: &str, written: &str) {
         self.aliases.insert(key.to_owned(), written.to_owned());
     }
 
     /// `key` was written again in its own name, over an earlier deprecated form.
-    pub fn unalias(&mut self, key: &str) {
+    pub(super) fn unalias(&mut self, key: &str) {
         self.aliases.remove(key);
     }
 
-    pub fn take_warnings(&mut self) -> Vec<String> {
+    pub(super) fn take_warnings(&mut self) -> Vec<String> {
         std::mem::take(&mut self.warnings)
     }
 
     /// A problem with `key`'s own value; `problem` names it.
-    pub fn about(&mut self, key: &str, problem: impl Into<String>) {
+    pub(super) fn about(&mut self, key: &str, problem: impl Into<String>) {
         if !self.is_unread(key) {
             self.found.push(problem.into());
         }
     }
 
     /// `key` must not be 0.
-    pub fn positive(&mut self, key: &str, v: u64) {
+    pub(super) fn positive(&mut self, key: &str, v: u64) {
         if v == 0 {
             self.at(key, "must be greater than 0");
         }
     }
 
     /// A problem between several keys; `problem` names them.
-    pub fn between(&mut self, keys: &[&str], problem: impl Into<String>) {
+    pub(super) fn between(&mut self, keys: &[&str], problem: impl Into<String>) {
         if !self.incomplete && !keys.iter().any(|k| self.is_unread(k)) {
             self.found.push(problem.into());
         }
     }
 
     /// `key` (a required key, or a required entry) is absent; `problem` names it.
-    pub fn absent(&mut self, key: &str, problem: impl Into<String>) {
+    pub(super) fn absent(&mut self, key: &str, problem: impl Into<String>) {
         if !self.incomplete && !self.is_unread(key) {
             self.found.push(problem.into());
         }
     }
 
     /// True when `key`, or a table holding it, could not be read.
-    pub fn is_unread(&self, key: &str) -> bool {
+    pub(super) fn is_unread(&self, key: &str) -> bool {
         self.unread.iter().any(|u| {
             key.strip_prefix(u.as_str())
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
@@ -112,7 +112,7 @@ impl Problems {
     }
 
     /// True when `table` or anything under it could not be read.
-    pub fn any_unread_in(&self, table: &str) -> bool {
+    pub(super) fn any_unread_in(&self, table: &str) -> bool {
         self.is_unread(table)
             || self.unread.iter().any(|u| {
                 u.strip_prefix(table)
@@ -121,7 +121,7 @@ impl Problems {
     }
 
     /// The checked value when nothing was found; otherwise every problem.
-    pub fn finish<T>(self, value: Option<T>) -> Result<T, Vec<String>> {
+    pub(super) fn finish<T>(self, value: Option<T>) -> Result<T, Vec<String>> {
         match value {
             Some(v) if self.found.is_empty() => Ok(v),
             // A section that gives no value has pushed a problem saying why; the fallback

@@ -47,7 +47,7 @@ pub(super) struct Attempt {
 impl Attempt {
     /// Step 5 (D1): records the pending row of attempt `n` before anything goes upstream. A
     /// start the recorder refuses is answered here (`Err`), with the row finished.
-    pub async fn start(
+    pub(super) async fn start(
         app: &Arc<App>,
         inbound: &Inbound,
         route: &Route,
@@ -91,7 +91,7 @@ impl Attempt {
     }
 
     /// Finishes the attempt as failed with `e` and answers the client locally.
-    pub fn fail_locally(mut self, e: ProxyError, corr: &Correlation) -> Response<ProxyBody> {
+    pub(super) fn fail_locally(mut self, e: ProxyError, corr: &Correlation) -> Response<ProxyBody> {
         let number = self.number();
         self.finish(Outcome::error(&e));
         (self.app.metrics.route_requests).count(self.route_slot, Class::Error);
@@ -100,7 +100,11 @@ impl Attempt {
 
     /// Step 8: the final response — headers now, the body streamed through the capture; the
     /// attempt finishes (D2) when the body ends, fails or is dropped.
-    pub fn respond(self, resp: Response<Incoming>, corr: &Correlation) -> Response<ProxyBody> {
+    pub(super) fn respond(
+        self,
+        resp: Response<Incoming>,
+        corr: &Correlation,
+    ) -> Response<ProxyBody> {
         let cfg = self.app.config.clone();
         let (mut parts, body) = resp.into_parts();
         (self.app.metrics.route_requests)
@@ -151,7 +155,7 @@ impl Attempt {
     }
 
     /// Builds the final update and hands it to the recorder. Runs at most once.
-    pub fn finish(&mut self, outcome: Outcome) {
+    pub(super) fn finish(&mut self, outcome: Outcome) {
         let Some(ticket) = self.ticket.take() else {
             return;
         };
@@ -230,7 +234,7 @@ impl Drop for Attempt {
 }
 
 /// Receives the response body's end (no I/O: a channel send) for the finishing task.
-pub struct FinishSink(oneshot::Sender<(BodyEnd, Captured)>);
+pub(crate) struct FinishSink(oneshot::Sender<(BodyEnd, Captured)>);
 
 impl OnEnd for FinishSink {
     fn on_end(self, end: BodyEnd, captured: Captured) {

@@ -7,12 +7,12 @@ use uuid::Uuid;
 use crate::config::{CorrelationConfig, PathRule, Route};
 
 /// Longest accepted `X-Trace-Id`.
-pub const MAX_TRACE_ID_LEN: usize = 128;
+pub(crate) const MAX_TRACE_ID_LEN: usize = 128;
 /// Longest header-supplied workflow/user/action value kept.
 const MAX_ID_LEN: usize = 256;
 
 #[derive(Debug, Clone)]
-pub struct Correlation {
+pub(crate) struct Correlation {
     pub trace_id: String,
     /// The `traceparent` sent upstream.
     pub traceparent: String,
@@ -25,7 +25,7 @@ pub struct Correlation {
     pub n8n_execution_id: Option<String>,
 }
 
-pub fn correlate(
+pub(crate) fn correlate(
     cfg: &CorrelationConfig,
     route: &Route,
     headers: &HeaderMap,
@@ -84,13 +84,13 @@ fn header_id(headers: &HeaderMap, name: &http::HeaderName) -> Option<String> {
 }
 
 /// `X-Trace-Id` is accepted when it is 1..=128 visible ASCII characters.
-pub fn is_sane_trace_id(v: &str) -> bool {
+pub(crate) fn is_sane_trace_id(v: &str) -> bool {
     !v.is_empty() && v.len() <= MAX_TRACE_ID_LEN && v.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// W3C Trace Context §3.2: `00-<32 hex trace-id>-<16 hex parent-id>-<2 hex flags>`, ids not all
 /// zero. Returns (trace-id, the whole header).
-pub fn parse_traceparent(v: &str) -> Option<(&str, &str)> {
+pub(crate) fn parse_traceparent(v: &str) -> Option<(&str, &str)> {
     let v = v.trim();
     let parts: Vec<&str> = v.split('-').collect();
     let [version, trace, parent, flags] = parts.as_slice() else {
@@ -129,7 +129,7 @@ fn new_traceparent(trace_id: &str) -> String {
 }
 
 /// The workflow id from an n8n URL (`/webhook/<path>`, `/api/v1/workflows/<id>`, …).
-pub fn workflow_from_path(rules: &[PathRule], path: &str) -> Option<String> {
+pub(crate) fn workflow_from_path(rules: &[PathRule], path: &str) -> Option<String> {
     rules.iter().find_map(|rule| {
         let rest = path.strip_prefix(&rule.prefix)?;
         let id = if rule.take_rest {

@@ -6,14 +6,14 @@ use http_body_util::Full;
 
 /// Who caused a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
+pub(crate) enum Fault {
     Client,
     Upstream,
     Proxy,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     #[error("no route matches the request path")]
     NoRoute,
     #[error("malformed request: {0}")]
@@ -42,7 +42,7 @@ pub enum ProxyError {
 
 impl ProxyError {
     /// The `error_code` stored in the row (DESIGN.md §2 vocabulary).
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             ProxyError::NoRoute => "NO_ROUTE",
             ProxyError::BadRequest(_) => "BAD_REQUEST",
@@ -59,7 +59,7 @@ impl ProxyError {
         }
     }
 
-    pub fn fault(&self) -> Fault {
+    pub(crate) fn fault(&self) -> Fault {
         match self {
             ProxyError::NoRoute
             | ProxyError::BadRequest(_)
@@ -75,15 +75,7 @@ impl ProxyError {
         }
     }
 
-    /// True when nothing reached the upstream, so sending the request again is always safe.
-    pub fn nothing_sent(&self) -> bool {
-        !matches!(
-            self,
-            ProxyError::UpstreamTimeout(_) | ProxyError::UpstreamAborted(_)
-        )
-    }
-
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BadRequest(_)
@@ -119,7 +111,7 @@ impl ProxyError {
     }
 
     /// The one place a failure becomes an HTTP response.
-    pub fn to_response(&self) -> Response<Full<Bytes>> {
+    pub(crate) fn to_response(&self) -> Response<Full<Bytes>> {
         let mut resp = Response::new(Full::new(Bytes::from_static(
             self.public_message().as_bytes(),
         )));

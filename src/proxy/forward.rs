@@ -19,8 +19,8 @@ use crate::capture::RequestBody;
 use crate::config::{Config, Route, TlsRoots, UpstreamConfig};
 use crate::error::error_chain;
 
-pub type UpstreamBody = RequestBody<hyper::body::Incoming>;
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+pub(crate) type UpstreamBody = RequestBody<hyper::body::Incoming>;
+pub(crate) type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientSetupError {
@@ -31,7 +31,7 @@ pub enum ClientSetupError {
 }
 
 /// The pooled upstream client: HTTP/1.1 and, over TLS when ALPN agrees, HTTP/2.
-pub fn build_client(cfg: &UpstreamConfig) -> Result<UpstreamClient, ClientSetupError> {
+pub(crate) fn build_client(cfg: &UpstreamConfig) -> Result<UpstreamClient, ClientSetupError> {
     let mut roots = rustls::RootCertStore::empty();
     if matches!(cfg.tls_roots, TlsRoots::Webpki | TlsRoots::Both) {
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -103,7 +103,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -118,7 +118,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The original host: the single `Host` header, else the request URI's authority (HTTP/2).
-pub fn original_host(parts: &http::request::Parts) -> Result<Option<HeaderValue>, ProxyError> {
+pub(crate) fn original_host(
+    parts: &http::request::Parts,
+) -> Result<Option<HeaderValue>, ProxyError> {
     let mut hosts = parts.headers.get_all(header::HOST).iter();
     let first = hosts.next().cloned();
     if hosts.next().is_some() {
@@ -136,7 +138,7 @@ pub fn original_host(parts: &http::request::Parts) -> Result<Option<HeaderValue>
 }
 
 /// Builds the request sent upstream from the client's request parts.
-pub fn upstream_request(
+pub(crate) fn upstream_request(
     original: &http::request::Parts,
     body: UpstreamBody,
     route: &Route,
@@ -210,7 +212,7 @@ pub fn upstream_request(
 }
 
 /// Classifies a failed upstream exchange (no response headers received).
-pub fn classify(
+pub(crate) fn classify(
     err: &hyper_util::client::legacy::Error,
     body_over_limit: Option<u64>,
 ) -> ProxyError {

@@ -47,7 +47,7 @@ pub(super) struct RowColumns {
 
 impl Inbound {
     /// Correlates and captures `req` for `route`.
-    pub async fn read(app: &App, route: &Route, req: http::Request<Incoming>) -> Inbound {
+    pub(super) async fn read(app: &App, route: &Route, req: http::Request<Incoming>) -> Inbound {
         let cfg = &app.config;
         let corr = correlate(&cfg.correlation, route, req.headers(), req.uri().path());
         let (parts, body) = req.into_parts();
@@ -107,7 +107,7 @@ impl Inbound {
     }
 
     /// The pending row of one attempt.
-    pub fn start(
+    pub(super) fn start(
         &self,
         route: &Route,
         id: uuid::Uuid,

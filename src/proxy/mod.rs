@@ -4,9 +4,9 @@
 //! [`Recorder`](crate::record::Recorder)'s; no HTTP status decisions outside [`error`].
 
 mod attempt;
-pub mod correlate;
-pub mod error;
-pub mod forward;
+pub(crate) mod correlate;
+pub(crate) mod error;
+pub(crate) mod forward;
 mod inbound;
 mod outcome;
 
@@ -35,10 +35,10 @@ use inbound::Inbound;
 use outcome::{Outcome, ResponseMeta};
 
 /// The response body: the upstream's, streamed through the capture; or a short local answer.
-pub type ProxyBody = Either<TeeBody<Incoming, FinishSink>, Full<Bytes>>;
+pub(crate) type ProxyBody = Either<TeeBody<Incoming, FinishSink>, Full<Bytes>>;
 
 /// Everything a request needs, shared by all connections.
-pub struct App {
+pub(crate) struct App {
     pub config: Arc<Config>,
     /// Where every attempt's row goes.
     pub recorder: Recorder,
@@ -50,7 +50,7 @@ pub struct App {
 }
 
 /// Serves one request. Never fails: every problem becomes a response (and a row, once routed).
-pub async fn handle(
+pub(crate) async fn handle(
     app: Arc<App>,
     req: Request<Incoming>,
     peer: SocketAddr,

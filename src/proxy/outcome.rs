@@ -20,7 +20,7 @@ pub(super) struct ResponseMeta {
 }
 
 impl ResponseMeta {
-    pub fn new(headers: &http::HeaderMap, status: StatusCode, cfg: &Config) -> Self {
+    pub(super) fn new(headers: &http::HeaderMap, status: StatusCode, cfg: &Config) -> Self {
         ResponseMeta {
             status,
             content_type: header_str(headers, header::CONTENT_TYPE).map(str::to_owned),
@@ -46,7 +46,7 @@ pub(super) struct Outcome {
 
 impl Outcome {
     /// Appends a note (retry decision) to the detail of a failure.
-    pub fn with_note(mut self, note: String) -> Self {
+    pub(super) fn with_note(mut self, note: String) -> Self {
         if self.status == Status::Failed {
             self.error_detail = Some(match self.error_detail.take() {
                 Some(d) => format!("{d}; {note}"),
@@ -56,7 +56,7 @@ impl Outcome {
         self
     }
 
-    pub fn error(e: &ProxyError) -> Self {
+    pub(super) fn error(e: &ProxyError) -> Self {
         Outcome {
             status: Status::Failed,
             error_code: Some(e.code().to_owned()),
@@ -71,7 +71,7 @@ impl Outcome {
     }
 
     /// A streamed response: its HTTP status and how its body ended decide the row's status.
-    pub fn streamed(
+    pub(super) fn streamed(
         meta: &ResponseMeta,
         end: BodyEnd,
         captured: Captured,

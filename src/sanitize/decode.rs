@@ -8,7 +8,7 @@ use std::io::Read;
 /// Decodes `data` (which may be a cut prefix) under the codings listed in `encoding`. Returns
 /// the decoded bytes, at most `limit`, and whether they are incomplete (input cut, decoder
 /// stopped early, or output over the limit). `Err` says why nothing usable came out.
-pub fn decode(encoding: &str, data: &[u8], limit: usize) -> Result<(Vec<u8>, bool), String> {
+pub(super) fn decode(encoding: &str, data: &[u8], limit: usize) -> Result<(Vec<u8>, bool), String> {
     let codings: Vec<String> = encoding
         .split(',')
         .map(|c| c.trim().to_ascii_lowercase())

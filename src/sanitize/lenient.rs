@@ -10,7 +10,7 @@ const MAX_DEPTH: usize = 128;
 
 /// Parses a JSON text cut anywhere. `None` when it is not JSON (a syntax error before the cut)
 /// or nests too deep.
-pub fn parse_prefix(text: &str) -> Option<Value> {
+pub(super) fn parse_prefix(text: &str) -> Option<Value> {
     let mut p = Parser {
         s: text.as_bytes(),
         src: text,
@@ -278,7 +278,7 @@ fn is_token_char(c: char) -> bool {
 
 /// Drops the last partial token of a cut text, and a trailing run of digit groups that could
 /// be the first digits of a card number. Returns whether anything was dropped.
-pub fn scrub_tail(s: &mut String) -> bool {
+pub(super) fn scrub_tail(s: &mut String) -> bool {
     let before = s.len();
     let keep = s.trim_end_matches(is_token_char).len();
     let t = &s[..keep];

@@ -277,89 +277,8 @@ impl Sanitizer {
             problems.push("`sanitize.max_decoded_bytes` must be greater than 0".into());
         }
 
-        let parse_keys = |list: &[String], key: &str, problems: &mut Vec<String>| {
-            let mut out = Vec::new();
-            for entry in list {
-                match KeyRule::parse(entry) {
-                    Some(rule) => out.push(rule),
-                    None => problems.push(format!(
-                        "`sanitize.{key}` entry {entry:?} has nothing to match (letters or digits, `*` only at either end)"
-                    )),
-                }
-            }
-            out
-        };
-        let builtin = |list: &[&str]| -> Vec<KeyRule> {
-            list.iter().filter_map(|k| KeyRule::parse(k)).collect()
-        };
-        let added = parse_keys(&spec.add_keys, "add_keys", &mut problems);
-        let removed = parse_keys(&spec.remove_keys, "remove_keys", &mut problems);
-        let mut key_rules = builtin(rules::DEFAULT_KEYS);
-        let mut query_rules = builtin(rules::DEFAULT_QUERY_KEYS);
-        for rule in added {
-            if !key_rules.contains(&rule) {
-                key_rules.push(rule);
-            }
-        }
-        for (rule, text) in removed.iter().zip(&spec.remove_keys) {
-            let known = key_rules.contains(rule) || query_rules.contains(rule);
-            if !known {
-                problems.push(format!(
-                    "`sanitize.remove_keys` entry {text:?} is not a key rule (built-in rules are listed in the README)"
-                ));
-            }
-        }
-        key_rules.retain(|r| !removed.contains(r));
-        query_rules.retain(|r| !removed.contains(r));
-        let mut allow_numbers = Vec::new();
-        for k in &spec.allow_number_keys {
-            let norm = normalize_key(k);
-            if norm.is_empty() {
-                problems.push(format!(
-                    "`sanitize.allow_number_keys` entry {k:?} has no letters or digits"
-                ));
-            } else {
-                allow_numbers.push(norm);
-            }
-        }
-
-        let mut custom = Vec::new();
-        for (i, p) in spec.add_patterns.iter().enumerate() {
-            let at = format!("`sanitize.add_patterns[{i}]`");
-            if !is_pattern_name(&p.name) {
-                problems.push(format!(
-                    "{at} name {:?} must be 1 to 64 of a-z, 0-9, _",
-                    p.name
-                ));
-            } else if rules::DEFAULT_PATTERNS.contains(&p.name.as_str())
-                || spec.add_patterns[..i].iter().any(|o| o.name == p.name)
-            {
-                problems.push(format!("{at} name {:?} is already taken", p.name));
-            }
-            match regex::Regex::new(&p.regex) {
-                Ok(re) if re.is_match("") => {
-                    problems.push(format!("{at} regex {:?} matches the empty string", p.regex))
-                }
-                Ok(_) => custom.push((p.name.clone(), p.regex.clone())),
-                Err(e) => problems.push(format!("{at} regex: {e}")),
-            }
-        }
-        for name in &spec.remove_patterns {
-            if !rules::DEFAULT_PATTERNS.contains(&name.as_str())
-                && !spec.add_patterns.iter().any(|p| &p.name == name)
-            {
-                problems.push(format!(
-                    "`sanitize.remove_patterns` entry {name:?} is not a pattern (built-in: {})",
-                    rules::DEFAULT_PATTERNS.join(", ")
-                ));
-            }
-        }
-        custom.retain(|(n, _)| !spec.remove_patterns.contains(n));
-        let builtins: Vec<&str> = rules::DEFAULT_PATTERNS
-            .iter()
-            .copied()
-            .filter(|n| !spec.remove_patterns.iter().any(|r| r == n))
-            .collect();
+        let (key_rules, query_rules, allow_numbers) = key_rules(spec, &mut problems);
+        let (custom, builtins) = pattern_choice(spec, &mut problems);
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -451,6 +370,104 @@ impl Sanitizer {
     }
 }
 
+/// The key rules `spec` asks for — the built-in ones plus `add_keys`, less `remove_keys` — for
+/// names and for query parameters, and the `allow_number_keys`, normalized.
+fn key_rules(
+    spec: &RuleSpec,
+    problems: &mut Vec<String>,
+) -> (Vec<KeyRule>, Vec<KeyRule>, Vec<String>) {
+    let parse_keys = |list: &[String], key: &str, problems: &mut Vec<String>| {
+        let mut out = Vec::new();
+        for entry in list {
+            match KeyRule::parse(entry) {
+                Some(rule) => out.push(rule),
+                None => problems.push(format!(
+                    "`sanitize.{key}` entry {entry:?} has nothing to match (letters or digits, `*` only at either end)"
+                )),
+            }
+        }
+        out
+    };
+    let builtin =
+        |list: &[&str]| -> Vec<KeyRule> { list.iter().filter_map(|k| KeyRule::parse(k)).collect() };
+    let added = parse_keys(&spec.add_keys, "add_keys", problems);
+    let removed = parse_keys(&spec.remove_keys, "remove_keys", problems);
+    let mut key_rules = builtin(rules::DEFAULT_KEYS);
+    let mut query_rules = builtin(rules::DEFAULT_QUERY_KEYS);
+    for rule in added {
+        if !key_rules.contains(&rule) {
+            key_rules.push(rule);
+        }
+    }
+    for (rule, text) in removed.iter().zip(&spec.remove_keys) {
+        let known = key_rules.contains(rule) || query_rules.contains(rule);
+        if !known {
+            problems.push(format!(
+                "`sanitize.remove_keys` entry {text:?} is not a key rule (built-in rules are listed in the README)"
+            ));
+        }
+    }
+    key_rules.retain(|r| !removed.contains(r));
+    query_rules.retain(|r| !removed.contains(r));
+    let mut allow_numbers = Vec::new();
+    for k in &spec.allow_number_keys {
+        let norm = normalize_key(k);
+        if norm.is_empty() {
+            problems.push(format!(
+                "`sanitize.allow_number_keys` entry {k:?} has no letters or digits"
+            ));
+        } else {
+            allow_numbers.push(norm);
+        }
+    }
+    (key_rules, query_rules, allow_numbers)
+}
+
+/// The custom patterns (name, regex) and the built-in pattern names `spec` keeps.
+fn pattern_choice(
+    spec: &RuleSpec,
+    problems: &mut Vec<String>,
+) -> (Vec<(String, String)>, Vec<&'static str>) {
+    let mut custom = Vec::new();
+    for (i, p) in spec.add_patterns.iter().enumerate() {
+        let at = format!("`sanitize.add_patterns[{i}]`");
+        if !is_pattern_name(&p.name) {
+            problems.push(format!(
+                "{at} name {:?} must be 1 to 64 of a-z, 0-9, _",
+                p.name
+            ));
+        } else if rules::DEFAULT_PATTERNS.contains(&p.name.as_str())
+            || spec.add_patterns[..i].iter().any(|o| o.name == p.name)
+        {
+            problems.push(format!("{at} name {:?} is already taken", p.name));
+        }
+        match regex::Regex::new(&p.regex) {
+            Ok(re) if re.is_match("") => {
+                problems.push(format!("{at} regex {:?} matches the empty string", p.regex))
+            }
+            Ok(_) => custom.push((p.name.clone(), p.regex.clone())),
+            Err(e) => problems.push(format!("{at} regex: {e}")),
+        }
+    }
+    for name in &spec.remove_patterns {
+        if !rules::DEFAULT_PATTERNS.contains(&name.as_str())
+            && !spec.add_patterns.iter().any(|p| &p.name == name)
+        {
+            problems.push(format!(
+                "`sanitize.remove_patterns` entry {name:?} is not a pattern (built-in: {})",
+                rules::DEFAULT_PATTERNS.join(", ")
+            ));
+        }
+    }
+    custom.retain(|(n, _)| !spec.remove_patterns.contains(n));
+    let builtins: Vec<&str> = rules::DEFAULT_PATTERNS
+        .iter()
+        .copied()
+        .filter(|n| !spec.remove_patterns.iter().any(|r| r == n))
+        .collect();
+    (custom, builtins)
+}
+
 /// The built-in rules, for the free functions below.
 static DEFAULT: LazyLock<Option<Sanitizer>> = LazyLock::new(|| Sanitizer::default_rules().ok());
 
@@ -462,24 +479,6 @@ pub fn payload_for_storage(sample: BodySample<'_>, cap: usize) -> Option<Value> 
         None => Some(
             json!({"_descriptor": {"bytes": sample.total_bytes, "reason": "redaction unavailable"}}),
         ),
-    }
-}
-
-/// [`Sanitizer::target`] with the built-in rules.
-pub fn redact_target(path: &str, query: Option<&str>) -> String {
-    match DEFAULT.as_ref() {
-        Some(s) => s.target(path, query).0,
-        None => REDACTED.to_owned(),
-    }
-}
-
-/// [`Sanitizer::json`] with the built-in rules.
-pub fn redact_json(v: &mut Value) {
-    match DEFAULT.as_ref() {
-        Some(s) => {
-            s.json(v);
-        }
-        None => *v = Value::String(REDACTED.to_owned()),
     }
 }
 

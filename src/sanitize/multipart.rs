@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use super::lenient::scrub_tail;
 
 /// The boundary parameter of a `multipart/*` content type.
-pub fn boundary(content_type: &str) -> Option<String> {
+pub(super) fn boundary(content_type: &str) -> Option<String> {
     content_type.split(';').skip(1).find_map(|param| {
         let (k, v) = param.split_once('=')?;
         if !k.trim().eq_ignore_ascii_case("boundary") {
@@ -23,7 +23,7 @@ pub fn boundary(content_type: &str) -> Option<String> {
 
 /// The fields as an object (repeated names become arrays); `None` when the body is not
 /// multipart with this boundary.
-pub fn parse(body: &[u8], boundary: &str, cut: bool) -> Option<Value> {
+pub(super) fn parse(body: &[u8], boundary: &str, cut: bool) -> Option<Value> {
     let delim = format!("--{boundary}");
     let finder = memmem::Finder::new(delim.as_bytes());
     let next_delim = format!("\r\n--{boundary}");

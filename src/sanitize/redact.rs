@@ -61,7 +61,7 @@ pub(crate) struct Walker<'a, 'm> {
 }
 
 impl<'a, 'm> Walker<'a, 'm> {
-    pub fn new(s: &'a Sanitizer, found: &'a mut Redactions, root: &str) -> Self {
+    pub(super) fn new(s: &'a Sanitizer, found: &'a mut Redactions, root: &str) -> Self {
         Walker {
             s,
             found,
@@ -80,7 +80,7 @@ impl<'a, 'm> Walker<'a, 'm> {
     }
 
     /// Redacts `v` in place.
-    pub fn value(&mut self, v: &'m mut Value) {
+    pub(super) fn value(&mut self, v: &'m mut Value) {
         match v {
             Value::Object(map) => self.object(map),
             Value::Array(items) => {
@@ -163,7 +163,7 @@ impl<'a, 'm> Walker<'a, 'm> {
     }
 
     /// A string as stored, or `None` when it stays as it is.
-    pub fn string(&mut self, s: &str) -> Option<String> {
+    pub(super) fn string(&mut self, s: &str) -> Option<String> {
         let cleaned = s.contains('\0').then(|| s.replace('\0', "\u{FFFD}"));
         if cleaned.is_some() {
             self.changed = true;
@@ -177,7 +177,7 @@ impl<'a, 'm> Walker<'a, 'm> {
     }
 
     /// Value patterns over free text.
-    pub fn text(&mut self, s: &str) -> Option<String> {
+    pub(super) fn text(&mut self, s: &str) -> Option<String> {
         let mut fired: Vec<String> = Vec::new();
         let out = self
             .s

@@ -440,75 +440,82 @@ impl Pattern {
                     format!("{}{replacement}{}", &s[..a], &s[b..])
                 })
             }
-            Kind::Card => {
-                let mut out = String::new();
-                let mut last = 0;
-                for m in self.regex.find_iter(text) {
-                    if let Some(spans) = card_spans(text, m.start(), m.end()) {
-                        for (s, e) in spans {
-                            out.push_str(&text[last..s]);
-                            out.push_str(replacement);
-                            last = e;
-                            changed = true;
-                        }
-                    }
-                }
-                if !changed {
-                    return None;
-                }
-                out.push_str(&text[last..]);
-                Cow::Owned(out)
-            }
-            Kind::KeyValue => {
-                // By hand rather than `replace_all`: a pair under an innocent name must not
-                // swallow the pairs inside its value (`https://h/cb?code=…`), so the search
-                // resumes right after each innocent name.
-                let mut out = String::new();
-                let (mut last, mut pos) = (0, 0);
-                let mut norm = String::new();
-                while pos < text.len() {
-                    let Some(c) = self.regex.captures_at(text, pos) else {
-                        break;
-                    };
-                    let (Some(all), Some(k), Some(v)) = (c.get(0), c.name("key"), c.name("val"))
-                    else {
-                        break;
-                    };
-                    let before = &text[..all.start()];
-                    let query = before.ends_with('?') || before.ends_with('&');
-                    let key = k
-                        .as_str()
-                        .trim_matches(|c| c == '"' || c == '\'' || c == '\\');
-                    normalize_key_into(key, &mut norm);
-                    let (open, inner, close) = split_quotes(v.as_str());
-                    let innocent = keys.find(&norm, query).is_none()
-                        || inner.is_empty()
-                        || inner.starts_with(replacement)
-                        || (keys.allows_number(&norm) && inner.parse::<f64>().is_ok());
-                    if innocent {
-                        pos = k.end();
-                        continue;
-                    }
-                    changed = true;
-                    out.push_str(&text[last..v.start()]);
-                    out.push_str(open);
-                    out.push_str(replacement);
-                    out.push_str(close);
-                    last = v.end();
-                    pos = v.end();
-                }
-                if !changed {
-                    return None;
-                }
-                out.push_str(&text[last..]);
-                Cow::Owned(out)
-            }
+            Kind::Card => return self.apply_card(text, replacement),
+            Kind::KeyValue => return self.apply_key_value(text, replacement, keys),
         };
         if changed {
             Some(out.into_owned())
         } else {
             None
         }
+    }
+
+    /// `card`: digit runs that pass the Luhn check (see `card_spans`).
+    fn apply_card(&self, text: &str, replacement: &str) -> Option<String> {
+        let mut out = String::new();
+        let mut last = 0;
+        let mut changed = false;
+        for m in self.regex.find_iter(text) {
+            if let Some(spans) = card_spans(text, m.start(), m.end()) {
+                for (s, e) in spans {
+                    out.push_str(&text[last..s]);
+                    out.push_str(replacement);
+                    last = e;
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            return None;
+        }
+        out.push_str(&text[last..]);
+        Some(out)
+    }
+
+    /// `key_value`: the value of a pair whose name the key rules call secret.
+    fn apply_key_value(&self, text: &str, replacement: &str, keys: &KeyRules) -> Option<String> {
+        // By hand rather than `replace_all`: a pair under an innocent name must not
+        // swallow the pairs inside its value (`https://h/cb?code=…`), so the search
+        // resumes right after each innocent name.
+        let mut out = String::new();
+        let (mut last, mut pos) = (0, 0);
+        let mut norm = String::new();
+        let mut changed = false;
+        while pos < text.len() {
+            let Some(c) = self.regex.captures_at(text, pos) else {
+                break;
+            };
+            let (Some(all), Some(k), Some(v)) = (c.get(0), c.name("key"), c.name("val")) else {
+                break;
+            };
+            let before = &text[..all.start()];
+            let query = before.ends_with('?') || before.ends_with('&');
+            let key = k
+                .as_str()
+                .trim_matches(|c| c == '"' || c == '\'' || c == '\\');
+            normalize_key_into(key, &mut norm);
+            let (open, inner, close) = split_quotes(v.as_str());
+            let innocent = keys.find(&norm, query).is_none()
+                || inner.is_empty()
+                || inner.starts_with(replacement)
+                || (keys.allows_number(&norm) && inner.parse::<f64>().is_ok());
+            if innocent {
+                pos = k.end();
+                continue;
+            }
+            changed = true;
+            out.push_str(&text[last..v.start()]);
+            out.push_str(open);
+            out.push_str(replacement);
+            out.push_str(close);
+            last = v.end();
+            pos = v.end();
+        }
+        if !changed {
+            return None;
+        }
+        out.push_str(&text[last..]);
+        Some(out)
     }
 }
 

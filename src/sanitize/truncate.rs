@@ -10,7 +10,7 @@ pub const ELLIPSIS: &str = "\u{2026}";
 
 /// What a truncation removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Cuts {
+pub(super) struct Cuts {
     pub strings_shortened: u64,
     pub items_dropped: u64,
     pub keys_dropped: u64,
@@ -41,7 +41,7 @@ impl Limits {
 }
 
 /// JSON-escaped size of one character, as serde_json writes it.
-pub fn escaped_len(c: char) -> usize {
+pub(super) fn escaped_len(c: char) -> usize {
     match c {
         '"' | '\\' | '\n' | '\r' | '\t' | '\u{08}' | '\u{0C}' => 2,
         c if (c as u32) < 0x20 => 6,
@@ -124,13 +124,13 @@ fn number_len(n: &serde_json::Number) -> usize {
 }
 
 /// True when `v` serializes within `cap` bytes.
-pub fn fits(v: &Value, cap: usize) -> bool {
+pub(super) fn fits(v: &Value, cap: usize) -> bool {
     measure(v, Limits::NONE, cap).is_some()
 }
 
 /// `v` shortened to serialize within `cap` bytes, keeping as much structure as fits; `None`
 /// when even its skeleton does not fit (then the caller stores a text preview).
-pub fn fit(v: &Value, cap: usize) -> Option<(Value, Cuts)> {
+pub(super) fn fit(v: &Value, cap: usize) -> Option<(Value, Cuts)> {
     if fits(v, cap) {
         return Some((v.clone(), Cuts::default()));
     }

@@ -1,5 +1,15 @@
 //! Integration tests: the real proxy, real PostgreSQL (a schema per test), real upstreams.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    clippy::cognitive_complexity,
+    unreachable_pub,
+    clippy::disallowed_methods,
+    reason = "test and measurement code: a failed step should stop it loudly"
+)]
+
 mod api;
 mod attempts;
 mod cli;

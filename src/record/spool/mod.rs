@@ -194,6 +194,10 @@ impl Spool {
             .metrics
             .spool_records
             .store(opened.records, Ordering::Relaxed);
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "bounded by the requests in flight"
+        )]
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(append_loop(
             rx,

@@ -168,6 +168,11 @@ impl Store {
         instance: Uuid,
         refused: Option<Refused>,
     ) -> Result<(Store, Writer), StoreError> {
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "bounded by the requests in flight (max_connections): each queues at most \
+                      its pending row, an in_progress mark and its final update"
+        )]
         let (tx, rx) = mpsc::unbounded_channel();
         let ctx = writer::Ctx {
             pool: writer_pool(cfg)?,

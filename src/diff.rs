@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use crate::trace::TraceRow;
 
 /// The differences between attempt `from` and attempt `to`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AttemptDiff {
     pub from_attempt: i32,
@@ -23,13 +23,14 @@ pub struct AttemptDiff {
     pub duration_ms: Option<Change<Option<i32>>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
+/// Present only when the value changed.
 pub struct Change<T> {
     pub old: T,
     pub new: T,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum FieldChange {
     Added {

@@ -86,8 +86,9 @@ pub fn now_utc() -> NaiveDateTime {
 
 /// One stored row, with DATA-002's `CommunicationTrace` field names when serialized, so agents
 /// and bilko-app see the objects they already know. Times are UTC.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(rename = "CommunicationTrace")]
 pub struct TraceRow {
     pub id: Uuid,
     pub trace_id: String,
@@ -98,20 +99,31 @@ pub struct TraceRow {
     pub workflow_id: String,
     pub action: Option<String>,
     pub user_id: String,
+    /// UTC, ISO-8601 with milliseconds.
     #[serde(with = "utc")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
     pub requested_at: NaiveDateTime,
+    /// UTC, ISO-8601 with milliseconds; null until the attempt ends.
     #[serde(with = "utc_opt")]
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
     pub responded_at: Option<NaiveDateTime>,
     pub duration_ms: Option<i32>,
+    /// JSON as stored (sanitized).
     pub request_payload: Option<Value>,
+    /// JSON as stored (sanitized).
     pub response_payload: Option<Value>,
+    #[schemars(extend("enum" = ["pending", "in_progress", "success", "failed"]))]
     pub overall_status: String,
     pub error_code: Option<String>,
     pub error_detail: Option<String>,
     pub n8n_execution_id: Option<String>,
-    /// trace-proxy's own columns beside DATA-002's (`fields=*` shows them in the query API).
+    /// trace-proxy's column (not DATA-002): only with `fields=*` or when named.
     pub http_method: Option<String>,
+    /// trace-proxy's column (not DATA-002): only with `fields=*` or when named; redacted like
+    /// payloads.
     pub http_target: Option<String>,
+    /// Upstream response status, null when none arrived; trace-proxy's column: only with
+    /// `fields=*` or when named.
     pub http_status: Option<i32>,
 }
 

@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use super::params::{DEFAULT_LIMIT, MAX_LIMIT};
-use super::render::{FIELDS, PREVIEW_BYTES};
+use super::render::PREVIEW_BYTES;
 use super::MAX_CHAIN;
 
 fn param(name: &str, location: &str, description: &str, schema: Value) -> Value {
@@ -213,50 +213,22 @@ fn query_paths() -> Value {
     })
 }
 
-/// The `CommunicationTrace` schema: every field the API can return.
-fn trace_schema() -> Value {
-    let mut trace_props = serde_json::Map::new();
-    for f in FIELDS {
-        let schema = match f {
-            "attemptNumber" | "durationMs" => json!({"type": "integer"}),
-            "requestedAt" | "respondedAt" => {
-                json!({"type": "string", "format": "date-time", "description": "UTC, ISO-8601 with milliseconds"})
-            }
-            "requestPayload" | "responsePayload" => {
-                json!({"description": "JSON as stored (sanitized)"})
-            }
-            "overallStatus" => {
-                json!({"type": "string", "enum": ["pending", "in_progress", "success", "failed"]})
-            }
-            "httpMethod" | "httpTarget" => {
-                json!({"type": ["string", "null"], "description": "trace-proxy's column (not DATA-002): only with fields=* or when named; the target is redacted like payloads"})
-            }
-            "httpStatus" => {
-                json!({"type": ["integer", "null"], "description": "upstream response status, null when none arrived; trace-proxy's column: only with fields=* or when named"})
-            }
-            _ => json!({"type": "string"}),
-        };
-        trace_props.insert(f.to_owned(), schema);
-    }
-    json!({"type": "object", "properties": trace_props})
+/// The schemas of the row and diff types, derived from the types themselves (their serde names,
+/// types and doc comments), so they cannot drift from what the API serializes.
+pub(super) fn derived_schemas() -> serde_json::Map<String, Value> {
+    let mut settings = schemars::generate::SchemaSettings::draft2020_12();
+    settings.definitions_path = "/components/schemas/".into();
+    let mut generator = settings.into_generator();
+    generator.subschema_for::<crate::trace::TraceRow>();
+    generator.subschema_for::<crate::diff::AttemptDiff>();
+    generator.take_definitions(true)
 }
 
 fn components() -> Value {
-    json!({
+    let mut components = json!({
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "admin.token or TRACE_PROXY_ADMIN_TOKEN"},
                 "explorerSession": {"type": "apiKey", "in": "cookie", "name": "trace_proxy_session", "description": "the Memory Explorer's sign-in session (POST /ui/signin)"}},
             "schemas": {
-                "CommunicationTrace": trace_schema(),
-                "AttemptDiff": {"type": "object", "properties": {
-                    "fromAttempt": {"type": "integer"}, "toAttempt": {"type": "integer"},
-                    "request": {"type": "array", "items": {"type": "object", "properties": {
-                        "op": {"type": "string", "enum": ["added", "removed", "changed"]},
-                        "path": {"type": "string", "description": "RFC 6901 JSON pointer into requestPayload"},
-                        "value": {}, "old": {}, "new": {}}}},
-                    "overallStatus": {"$ref": "#/components/schemas/Change"},
-                    "errorCode": {"$ref": "#/components/schemas/Change"},
-                    "durationMs": {"$ref": "#/components/schemas/Change"}}},
-                "Change": {"type": "object", "description": "present only when the value changed", "properties": {"old": {}, "new": {}}},
                 "Stats": {"type": "object", "properties": {
                     "key": {"type": ["string", "null"], "description": "the group's value (absent in totals)"},
                     "count": {"type": "integer"}, "success": {"type": "integer"}, "failed": {"type": "integer"},
@@ -275,7 +247,11 @@ fn components() -> Value {
                 "Unavailable": error("the database is unavailable"),
                 "Timeout": error("the query exceeded admin.statement_timeout_ms"),
             }
-    })
+    });
+    if let Some(schemas) = components["schemas"].as_object_mut() {
+        schemas.extend(derived_schemas());
+    }
+    components
 }
 
 /// `/api/overview` (its own function: one `json!` for the whole document would be too deep).
@@ -326,4 +302,53 @@ fn merge(mut a: Value, b: Value) -> Value {
         a.extend(b);
     }
     a
+}
+
+#[cfg(test)]
+mod schema_tests {
+    use super::*;
+    use crate::api::render::FIELDS;
+
+    /// Every `$ref` in `v`.
+    fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    match (k.as_str(), x) {
+                        ("$ref", Value::String(r)) => out.push(r),
+                        _ => refs(x, out),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_row_schema_has_exactly_the_fields_the_api_can_return() {
+        let schemas = derived_schemas();
+        let props = schemas["CommunicationTrace"]["properties"]
+            .as_object()
+            .expect("properties");
+        let mut derived: Vec<&str> = props.keys().map(String::as_str).collect();
+        let mut fields = FIELDS.to_vec();
+        derived.sort_unstable();
+        fields.sort_unstable();
+        assert_eq!(derived, fields);
+        assert_eq!(props["requestedAt"]["format"], "date-time");
+        assert_eq!(props["overallStatus"]["enum"][3], "failed");
+    }
+
+    #[test]
+    fn every_reference_in_the_document_resolves() {
+        let doc = document();
+        let mut found = Vec::new();
+        refs(&doc, &mut found);
+        assert!(found.contains(&"#/components/schemas/AttemptDiff"));
+        for r in found {
+            let pointer = r.strip_prefix('#').expect("local reference");
+            assert!(doc.pointer(pointer).is_some(), "{r} does not resolve");
+        }
+    }
 }

@@ -906,6 +906,33 @@ async fn openapi_describes_every_endpoint_and_each_answers() {
             .replace("{workflowId}", "wf");
         a.ok(&concrete).await;
     }
+    // The schemas are the types': a real row (every field) and a real diff have only keys the
+    // document names.
+    let mut second = Row::new("t1", 2, base() + secs(1));
+    second.status = "failed";
+    insert(&db, &[second]).await;
+    let schema_keys = |name: &str| -> Vec<String> {
+        doc["components"]["schemas"][name]["properties"]
+            .as_object()
+            .unwrap_or_else(|| panic!("no schema {name}"))
+            .keys()
+            .cloned()
+            .collect()
+    };
+    let row_keys = schema_keys("CommunicationTrace");
+    let rows = a.ok("/api/traces/t1?fields=*&payloads=full").await;
+    let item = rows["items"][0].as_object().expect("a row");
+    assert_eq!(item.len(), row_keys.len(), "fields=* returns every field");
+    for k in item.keys() {
+        assert!(row_keys.contains(k), "row field {k} is not in the schema");
+    }
+    let diff_keys = schema_keys("AttemptDiff");
+    let diff = a.ok("/api/traces/t1/diff").await;
+    let change = diff["items"][0].as_object().expect("a diff");
+    assert!(change.contains_key("overallStatus"), "{change:?}");
+    for k in change.keys() {
+        assert!(diff_keys.contains(k), "diff field {k} is not in the schema");
+    }
     a.stop().await;
 }
 

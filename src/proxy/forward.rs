@@ -103,7 +103,13 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
+///
+/// A `Content-Length` sent together with `Transfer-Encoding` is stale (RFC 9112 §6.3: the
+/// transfer coding frames the message) and goes too, so the next hop frames the body anew.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()

@@ -209,6 +209,13 @@ async fn answered(
             Decision::Stop(note) => attempt.retry_note = note,
         }
     }
+    // A 101 is only valid with a tunnel, which this path does not make.
+    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        let e = ProxyError::UpstreamAborted(
+            "upstream answered 101 Switching Protocols; upgrades are not tunnelled".into(),
+        );
+        return Exchanged::Answered(attempt.fail_locally(e, &inbound.corr));
+    }
     Exchanged::Answered(attempt.respond(resp, &inbound.corr))
 }
 

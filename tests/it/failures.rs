@@ -519,3 +519,90 @@ async fn requests_open_at_the_shutdown_deadline_are_recorded_as_interrupted() {
         Some("INTERRUPTED")
     );
 }
+
+/// An upstream that reads a request head and answers every request with `answer`, verbatim.
+async fn raw_upstream(answer: &'static [u8]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(answer).await;
+                let _ = s.flush().await;
+                // Hold the connection open a while, as a real upstream would.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn stale_content_length_beside_transfer_encoding_is_dropped() {
+    let db = TestDb::new().await;
+    let up = raw_upstream(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .await;
+    let proxy = Proxy::start(&config(&db, up, "")).await;
+    let trace = new_trace_id();
+    let resp = raw_http(
+        proxy.addr,
+        &format!(
+            "GET /framing HTTP/1.1\r\nHost: x\r\nX-Trace-Id: {trace}\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("content-length"), None, "{resp:?}");
+    assert_eq!(
+        resp.header("transfer-encoding"),
+        Some("chunked"),
+        "{resp:?}"
+    );
+    let body = String::from_utf8_lossy(&resp.body).into_owned();
+    assert!(
+        body.contains("hello") && body.contains(" world"),
+        "{body:?}"
+    );
+    let rows = db.final_rows(&trace, 1).await;
+    assert_eq!(rows[0].get::<_, &str>("overall_status"), "success");
+    assert_eq!(rows[0].get::<_, Option<&str>>("error_code"), None);
+    assert_eq!(rows[0].get::<_, Option<i64>>("response_bytes"), Some(11));
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn untunnelled_101_is_answered_502_and_recorded_as_failed() {
+    let db = TestDb::new().await;
+    let up = raw_upstream(
+        b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+    )
+    .await;
+    let proxy = Proxy::start(&config(&db, up, "")).await;
+    let trace = new_trace_id();
+    let resp = raw_http(
+        proxy.addr,
+        &format!("GET /ws HTTP/1.1\r\nHost: x\r\nX-Trace-Id: {trace}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(resp.status, 502, "{resp:?}");
+    assert_eq!(resp.header("upgrade"), None, "{resp:?}");
+    assert_eq!(resp.header("x-trace-id"), Some(trace.as_str()), "{resp:?}");
+    let rows = db.final_rows(&trace, 1).await;
+    assert_eq!(rows[0].get::<_, &str>("overall_status"), "failed");
+    let code = rows[0].get::<_, Option<&str>>("error_code");
+    assert_eq!(code, Some("UPSTREAM_ABORTED"));
+    let detail = rows[0].get::<_, Option<&str>>("error_detail").unwrap_or("");
+    assert!(detail.contains("101"), "{detail}");
+    proxy.stop().await;
+}

@@ -8,6 +8,7 @@ pub mod api;
 pub mod capture;
 pub mod config;
 pub mod diff;
+pub mod insight;
 pub mod metrics;
 pub mod probe;
 pub mod proxy;

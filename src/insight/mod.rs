@@ -12,6 +12,8 @@
 //!   (keys present/absent, value types, sizes);
 //! - [`trend`], [`percentile`]: small statistics used by the bundles.
 
+pub mod bundle;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
 

@@ -367,6 +367,111 @@ pub fn trend(first_half: u64, second_half: u64) -> Trend {
     }
 }
 
+/// Keys whose values are payload-like (large, and shown as a preview when a bundle is cut).
+const PAYLOAD_KEYS: &[&str] = &["requestPayload", "responsePayload", "value", "old", "new"];
+
+/// A bundle within `budget` bytes of compact JSON, with `truncated` set on the top object:
+/// payload-like values are first replaced by previews (2048, then 512, then 128 bytes), then
+/// the longest lists lose their last elements, until it fits. Lists keep their order, so what
+/// is cut is the tail (the oldest examples, the least common keys).
+pub fn fit(mut v: Value, budget: usize) -> Value {
+    let mut cut = false;
+    for limit in [2048usize, 512, 128] {
+        if json_size(&v) <= budget {
+            break;
+        }
+        preview_payloads(&mut v, limit);
+        cut = true;
+    }
+    while json_size(&v) > budget {
+        if !pop_longest(&mut v) {
+            break;
+        }
+        cut = true;
+    }
+    if let Value::Object(m) = &mut v {
+        m.insert("truncated".into(), Value::Bool(cut));
+    }
+    v
+}
+
+fn preview_payloads(v: &mut Value, limit: usize) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                if PAYLOAD_KEYS.contains(&k.as_str()) {
+                    let taken = std::mem::take(x);
+                    *x = crate::api::render::preview(taken, limit);
+                } else {
+                    preview_payloads(x, limit);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| preview_payloads(x, limit)),
+        _ => {}
+    }
+}
+
+/// Removes the last element of the array with the largest JSON text; false when there is no
+/// non-empty array left.
+fn pop_longest(v: &mut Value) -> bool {
+    let mut best: Option<(usize, Vec<PathStep>)> = None;
+    find_largest(v, &mut Vec::new(), &mut best);
+    match best {
+        Some((_, path)) => {
+            let mut cur = v;
+            for step in &path {
+                cur = match (step, cur) {
+                    (PathStep::Key(k), Value::Object(m)) => match m.get_mut(k) {
+                        Some(x) => x,
+                        None => return false,
+                    },
+                    (PathStep::Index(i), Value::Array(a)) => match a.get_mut(*i) {
+                        Some(x) => x,
+                        None => return false,
+                    },
+                    _ => return false,
+                };
+            }
+            match cur {
+                Value::Array(a) => a.pop().is_some(),
+                _ => false,
+            }
+        }
+        None => false,
+    }
+}
+
+#[derive(Clone)]
+enum PathStep {
+    Key(String),
+    Index(usize),
+}
+
+fn find_largest(v: &Value, path: &mut Vec<PathStep>, best: &mut Option<(usize, Vec<PathStep>)>) {
+    match v {
+        Value::Array(a) => {
+            let size = json_size(v);
+            if !a.is_empty() && best.as_ref().is_none_or(|(s, _)| size > *s) {
+                *best = Some((size, path.clone()));
+            }
+            for (i, x) in a.iter().enumerate() {
+                path.push(PathStep::Index(i));
+                find_largest(x, path, best);
+                path.pop();
+            }
+        }
+        Value::Object(m) => {
+            for (k, x) in m {
+                path.push(PathStep::Key(k.clone()));
+                find_largest(x, path, best);
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -512,6 +617,29 @@ mod tests {
         t.add(Some(&json!({"a": 1})));
         assert_eq!(t.required().into_iter().collect::<Vec<_>>(), ["/a"]);
         assert_eq!(t.sizes().map(|p| p.max), Some(13));
+    }
+
+    #[test]
+    fn fit_previews_payloads_then_cuts_lists() {
+        let small = json!({"a": [1, 2, 3]});
+        assert_eq!(
+            fit(small.clone(), 1000),
+            json!({"a": [1, 2, 3], "truncated": false})
+        );
+        let big = json!({
+            "chain": [{"requestPayload": "x".repeat(5000)}, {"requestPayload": "y".repeat(5000)}],
+            "examples": (0..500).map(|i| format!("trace-{i}")).collect::<Vec<_>>(),
+        });
+        for budget in [12_000, 3000, 800, 200] {
+            let v = fit(big.clone(), budget);
+            assert!(json_size(&v) <= budget, "{budget}: {}", json_size(&v));
+            assert_eq!(v["truncated"], json!(true));
+            // Order is kept: what survives is the head of each list.
+            if let Some(first) = v["examples"].get(0) {
+                assert_eq!(first, "trace-0");
+            }
+        }
+        assert_eq!(fit(big, 1_000_000)["truncated"], json!(false));
     }
 
     #[test]

@@ -375,6 +375,8 @@ const PAYLOAD_KEYS: &[&str] = &["requestPayload", "responsePayload", "value", "o
 /// the longest lists lose their last elements, until it fits. Lists keep their order, so what
 /// is cut is the tail (the oldest examples, the least common keys).
 pub fn fit(mut v: Value, budget: usize) -> Value {
+    // Room for `,"truncated":false` added at the end.
+    let budget = budget.saturating_sub(20);
     let mut cut = false;
     for limit in [2048usize, 512, 128] {
         if json_size(&v) <= budget {

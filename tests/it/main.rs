@@ -1,5 +1,6 @@
 //! Integration tests: the real proxy, real PostgreSQL (a schema per test), real upstreams.
 
+mod agent;
 mod api;
 mod attempts;
 mod cli;

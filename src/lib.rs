@@ -9,6 +9,7 @@ mod capture;
 pub mod config;
 pub mod diff;
 mod error;
+mod insight;
 pub mod metrics;
 pub mod probe;
 mod proxy;

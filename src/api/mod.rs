@@ -22,6 +22,7 @@
 //!
 //! `/api` takes the bearer token or an explorer session cookie ([`session`]).
 
+mod agent;
 pub mod cli;
 mod openapi;
 mod overview;
@@ -362,6 +363,9 @@ async fn route<B>(state: &ApiState, req: &Request<B>) -> Result<Value, ApiError>
         ["api", "traces"] => search(state, query).await,
         ["api", "traces", id] => chain(state, id, query).await,
         ["api", "traces", id, "diff"] => diff(state, id, query).await,
+        ["api", "traces", id, "explain"] => agent::explain(state, id, query).await,
+        ["api", "failures", "recurring"] => agent::recurring(state, query).await,
+        ["api", "workflows", id, "patterns"] => agent::patterns(state, id, query).await,
         ["api", "workflows", id, "failures"] => {
             let id = params::id("workflowId", id).map_err(bad)?;
             newest_first(state, query, &[], |c, page| {

@@ -1,4 +1,4 @@
-//! The admin query API (issue 6): auth, every endpoint (order, limits, filters, pagination,
+//! The admin query API: auth, every endpoint (order, limits, filters, pagination,
 //! payload modes, byte budget, 400/404), the attempt diff on a real two-attempt trace, the
 //! `traces` CLI, and `EXPLAIN` proof that each query pattern is served by an index.
 

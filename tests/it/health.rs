@@ -1,4 +1,4 @@
-//! Health and metrics on the admin listener (issue 7, item 5): `/healthz`, `/readyz` and
+//! Health and metrics on the admin listener: `/healthz`, `/readyz` and
 //! `/metrics` serve without a token; `/metrics` is strict Prometheus text and counts requests by
 //! route and status class.
 

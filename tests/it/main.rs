@@ -10,6 +10,7 @@
     reason = "test and measurement code: a failed step should stop it loudly"
 )]
 
+mod agent;
 mod api;
 mod attempts;
 mod cli;

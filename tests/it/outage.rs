@@ -1,4 +1,4 @@
-//! Outages of PostgreSQL (issue 7): the database stopped abruptly under load, frozen, or gone
+//! Outages of PostgreSQL: the database stopped abruptly under load, frozen, or gone
 //! with the journal full or torn. Every client gets its normal answer; afterwards every request
 //! has exactly one final row. The database is a private cluster (`cluster.rs`), so stopping it
 //! touches no other test.

@@ -1,4 +1,4 @@
-//! The Memory Explorer (issue 11) over HTTP against the real admin listener: sign-in sessions and
+//! The Memory Explorer over HTTP against the real admin listener: sign-in sessions and
 //! their cookie, sign-out, CSRF and throttling of sign-ins, the security headers of every admin
 //! response, assets, caching and redirects; then the whole explorer in headless Chromium
 //! (`tests/browser/explorer.mjs`) against rows that came from real proxied requests.

@@ -47,6 +47,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "workflow_time_index",
         include_str!("../../../sql/0008_workflow_time_index.sql"),
     ),
+    (
+        9,
+        "failures_by_time",
+        include_str!("../../../sql/0009_failures_by_time.sql"),
+    ),
 ];
 
 /// Arbitrary constant identifying the migration lock among advisory locks.

@@ -1,5 +1,6 @@
 //! Everything PostgreSQL: the pool, migrations and the batching writer. Knows nothing of HTTP.
 
+pub mod agent;
 pub mod archive;
 pub mod instances;
 mod migrate;

@@ -3,7 +3,7 @@
 
 /// An error and its sources on one line, each cause once (a cause whose text an outer message
 /// already contains is not repeated).
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(cause) = src {
@@ -34,5 +34,18 @@ mod tests {
         let io = || std::io::Error::other("disk full");
         assert_eq!(error_chain(&Outer(io())), "outer: disk full");
         assert_eq!(error_chain(&Repeats(io())), "outer: disk full");
+    }
+
+    #[test]
+    fn a_journal_error_is_not_called_a_database_error_and_keeps_its_cause() {
+        use crate::record::replay::ReplayError;
+        let e = ReplayError::OpenSegment {
+            path: "/spool/00000001.seg".into(),
+            source: std::io::Error::other("permission denied"),
+        };
+        assert_eq!(
+            error_chain(&e),
+            "cannot open journal segment /spool/00000001.seg: permission denied"
+        );
     }
 }

@@ -8,7 +8,7 @@ pub mod api;
 mod capture;
 pub mod config;
 pub mod diff;
-mod error;
+pub mod error;
 mod insight;
 pub mod metrics;
 pub mod probe;
@@ -44,6 +44,8 @@ pub enum RunError {
     Client(#[from] proxy::forward::ClientSetupError),
     #[error(transparent)]
     Spool(#[from] spool::SpoolError),
+    #[error(transparent)]
+    Replay(#[from] record::replay::ReplayError),
 }
 
 /// Runs the proxy on `listener` until `shutdown` resolves.

@@ -142,9 +142,10 @@ fn main() -> ExitCode {
         Err(e) => {
             // Said once: a service's failure is a log line (JSON where logs are), a command's a
             // message for the person who ran it.
+            let text = trace_proxy::error::error_chain(&*e);
             match serving {
-                true => tracing::error!(error = %e, "trace-proxy failed"),
-                false => eprintln!("trace-proxy: {e}"),
+                true => tracing::error!(error = %text, "trace-proxy failed"),
+                false => eprintln!("trace-proxy: {text}"),
             }
             // A retention pass already running elsewhere is a "try again later" (75).
             e.downcast_ref::<trace_proxy::retention::RetentionError>()

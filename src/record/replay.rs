@@ -17,10 +17,43 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::spool::journal::{Reader, Segment};
+use super::spool::SpoolError;
 use super::spool::{Record, Spool};
+use crate::error::error_chain;
 use crate::metrics::Metrics;
+use crate::recovery::RecoveryError;
 use crate::store::{self, StoreError};
 use crate::trace::{AttemptFinish, AttemptStart};
+
+/// Why a replay pass stopped. Database errors stay database errors; the journal's own (a
+/// segment that cannot be opened or removed) are told apart, each with its cause.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Journal(#[from] SpoolError),
+    #[error("cannot open journal segment {path}")]
+    OpenSegment {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot remove replayed segment {path}")]
+    RemoveSegment {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot rewrite the spool directory's instance list")]
+    InstanceList(#[source] std::io::Error),
+    #[error("rows of earlier processes not resolved")]
+    Resolve(#[source] RecoveryError),
+    #[error("journal reading task failed")]
+    Task(#[source] tokio::task::JoinError),
+    #[error("{0} journal records were not replayed")]
+    Left(u64),
+}
 
 /// Longest pause between replay attempts while PostgreSQL stays unavailable.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -107,7 +140,7 @@ async fn run(mut ctx: ReplayCtx, mut stop: watch::Receiver<bool>) {
                 backoff = Duration::from_millis(100);
                 if ctx.spool.records() == 0 && !ctx.previous.is_empty() {
                     if let Err(e) = resolve_previous(&mut ctx).await {
-                        tracing::warn!(error = %e, "orphans of earlier processes not resolved yet");
+                        tracing::warn!(error = %error_chain(&e), "orphans of earlier processes not resolved yet");
                         pause(&mut backoff, &mut stop).await;
                         continue;
                     }
@@ -118,7 +151,7 @@ async fn run(mut ctx: ReplayCtx, mut stop: watch::Receiver<bool>) {
                 }
             }
             Err(e) => {
-                tracing::debug!(error = %e, records = ctx.spool.records(), "spool replay paused");
+                tracing::debug!(error = %error_chain(&e), records = ctx.spool.records(), "spool replay paused");
                 pause(&mut backoff, &mut stop).await;
             }
         }
@@ -134,15 +167,11 @@ async fn pause(backoff: &mut Duration, stop: &mut watch::Receiver<bool>) {
 }
 
 /// One pass over every sealed segment.
-async fn pass(ctx: &ReplayCtx, stop: &watch::Receiver<bool>) -> Result<(), StoreError> {
+async fn pass(ctx: &ReplayCtx, stop: &watch::Receiver<bool>) -> Result<(), ReplayError> {
     // Only seal (close the segment being appended to) once PostgreSQL answers: failed passes
     // during an outage would otherwise leave a small segment each.
     reachable(ctx).await?;
-    let segments = ctx
-        .spool
-        .seal()
-        .await
-        .map_err(|e| StoreError::Db(e.to_string()))?;
+    let segments = ctx.spool.seal().await?;
     for seg in segments {
         if *stop.borrow() {
             return Ok(());
@@ -155,9 +184,10 @@ async fn pass(ctx: &ReplayCtx, stop: &watch::Receiver<bool>) -> Result<(), Store
         if let Err(e) = ctx.spool.trim(&seg) {
             // Replaying it again later is harmless; only the space stays in use.
             tracing::error!(segment = %seg.path.display(), error = %e, "replayed segment not removed");
-            return Err(StoreError::Db(format!(
-                "cannot remove replayed segment: {e}"
-            )));
+            return Err(ReplayError::RemoveSegment {
+                path: seg.path.clone(),
+                source: e,
+            });
         }
         tracing::info!(segment = %seg.path.display(), records = seg.records,
             elapsed_ms = started.elapsed().as_millis() as u64, left = ctx.spool.records(),
@@ -175,13 +205,16 @@ async fn replay_segment(
     ctx: &ReplayCtx,
     seg: &Segment,
     stop: &watch::Receiver<bool>,
-) -> Result<bool, StoreError> {
+) -> Result<bool, ReplayError> {
     let path = seg.path.clone();
     let mut reader = Some(
         tokio::task::spawn_blocking(move || Reader::open(&path))
             .await
-            .map_err(|e| StoreError::Db(e.to_string()))?
-            .map_err(|e| StoreError::Db(format!("cannot open {}: {e}", seg.path.display())))?,
+            .map_err(ReplayError::Task)?
+            .map_err(|source| ReplayError::OpenSegment {
+                path: seg.path.clone(),
+                source,
+            })?,
     );
     loop {
         if *stop.borrow() {
@@ -218,7 +251,7 @@ async fn replay_segment(
             (r, payloads, end)
         })
         .await
-        .map_err(|e| StoreError::Db(e.to_string()))?;
+        .map_err(ReplayError::Task)?;
         if !payloads.is_empty() {
             apply(ctx, &payloads).await?;
             ctx.metrics
@@ -292,15 +325,15 @@ fn decode(ctx: &ReplayCtx, payloads: &[Vec<u8>]) -> Decoded {
     (starts, finishes)
 }
 
-async fn resolve_previous(ctx: &mut ReplayCtx) -> Result<u64, String> {
+async fn resolve_previous(ctx: &mut ReplayCtx) -> Result<u64, ReplayError> {
     let n = crate::recovery::resolve_instances(&ctx.pool, &ctx.previous)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(ReplayError::Resolve)?;
     tracing::info!(instances = ?ctx.previous, rows = n,
         "rows left unresolved by earlier processes of this spool directory resolved");
     ctx.spool
         .forget_previous(ctx.instance)
-        .map_err(|e| format!("cannot rewrite the instance list: {e}"))?;
+        .map_err(ReplayError::InstanceList)?;
     ctx.previous.clear();
     Ok(n)
 }
@@ -316,19 +349,17 @@ pub struct Drained {
 
 /// Replays the whole journal once and resolves what the directory's earlier processes left
 /// unresolved, with no traffic being spooled meanwhile (`trace-proxy spool replay`).
-pub async fn drain(mut ctx: ReplayCtx) -> Result<Drained, StoreError> {
+pub async fn drain(mut ctx: ReplayCtx) -> Result<Drained, ReplayError> {
     let before = ctx.metrics.replayed.load(Ordering::Relaxed);
     let (_keep, stop) = watch::channel(false);
     pass(&ctx, &stop).await?;
     let left = ctx.spool.records();
     if left > 0 {
-        return Err(StoreError::Db(format!(
-            "{left} journal records were not replayed"
-        )));
+        return Err(ReplayError::Left(left));
     }
     let resolved = match ctx.previous.is_empty() {
         true => 0,
-        false => resolve_previous(&mut ctx).await.map_err(StoreError::Db)?,
+        false => resolve_previous(&mut ctx).await?,
     };
     Ok(Drained {
         records: ctx.metrics.replayed.load(Ordering::Relaxed) - before,

@@ -206,6 +206,24 @@ fn query_paths() -> Value {
                 },
             }},
             "/api/overview": overview_path(),
+            "/api/traces/{traceId}/explain": agent_path(
+                "Why this trace failed, in one answer for an agent: the chain and its diffs, the last error (and its detail normalised), how often the workflow failed with this code in the last day and week and since when, and how the request differs from the workflow's latest success",
+                vec![path("traceId", "the trace id")],
+                true,
+            ),
+            "/api/failures/recurring": agent_path(
+                "Failures of a window grouped by workflow, error code and normalised detail (ids, numbers, times masked), with count, first/last seen, trend and example trace ids; at most 10,000 failures read",
+                vec![
+                    time("since", "requestedAt >= since; default until - 24 h"),
+                    time("until", "requestedAt < until; default now; the window spans at most 31 days"),
+                ],
+                false,
+            ),
+            "/api/workflows/{workflowId}/patterns": agent_path(
+                "What the workflow's newest 500 successful requests look like: keys, their presence, JSON types and sizes, request size and duration percentiles",
+                vec![path("workflowId", "the workflow id")],
+                false,
+            ),
             "/api/openapi.json": {"get": {
                 "summary": "This document",
                 "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}}},
@@ -222,6 +240,24 @@ pub(super) fn derived_schemas() -> serde_json::Map<String, Value> {
     generator.subschema_for::<crate::trace::TraceRow>();
     generator.subschema_for::<crate::diff::AttemptDiff>();
     generator.take_definitions(true)
+}
+
+/// An agent bundle's operation: JSON fitted to `admin.max_response_bytes` (`truncated` says
+/// when something was cut).
+fn agent_path(summary: &str, parameters: Vec<Value>, not_found: bool) -> Value {
+    let mut responses = json!({
+        "200": {"description": "the bundle", "content": {"application/json": {"schema": {
+            "type": "object", "required": ["truncated"],
+            "properties": {"truncated": {"type": "boolean", "description": "true when the byte budget (admin.max_response_bytes) cut the answer"}}}}}},
+        "400": {"$ref": "#/components/responses/BadRequest"},
+        "401": {"$ref": "#/components/responses/Unauthorized"},
+        "503": {"$ref": "#/components/responses/Unavailable"},
+        "504": {"$ref": "#/components/responses/Timeout"},
+    });
+    if not_found {
+        responses["404"] = json!({"$ref": "#/components/responses/NotFound"});
+    }
+    json!({"get": {"summary": summary, "parameters": parameters, "responses": responses}})
 }
 
 fn components() -> Value {

@@ -888,14 +888,17 @@ async fn openapi_describes_every_endpoint_and_each_answers() {
         paths,
         [
             "/api/executions/{executionId}/traces",
+            "/api/failures/recurring",
             "/api/openapi.json",
             "/api/overview",
             "/api/stats",
             "/api/traces",
             "/api/traces/{traceId}",
             "/api/traces/{traceId}/diff",
+            "/api/traces/{traceId}/explain",
             "/api/users/{userId}/history",
             "/api/workflows/{workflowId}/failures",
+            "/api/workflows/{workflowId}/patterns",
         ]
     );
     for p in paths {

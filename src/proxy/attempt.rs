@@ -57,7 +57,9 @@ impl Attempt {
         let id = Uuid::now_v7();
         let started = app
             .recorder
-            .start(|| inbound.start(route, id, requested_at))
+            .start(&inbound.corr.trace_id, &route.name, || {
+                inbound.start(route, id, requested_at)
+            })
             .await;
         let (ticket, refused) = match started {
             Ok(ticket) => (ticket, None),

@@ -168,11 +168,15 @@ impl Recorder {
     /// row must be journaled after PostgreSQL failed it. Under `on_unavailable = "forward"` an
     /// unrecorded attempt still gets a ticket (its finish is dropped); under `"reject"`, or when
     /// the journal cannot take it under `spool_full = "reject"`, the start is [`Refused`].
-    pub async fn start(&self, build: impl Fn() -> AttemptStart) -> Result<Ticket, Refused> {
+    /// `trace_id` and `route` name the attempt in the log lines of a failed start.
+    pub async fn start(
+        &self,
+        trace_id: &str,
+        route: &str,
+        build: impl Fn() -> AttemptStart,
+    ) -> Result<Ticket, Refused> {
         let inner = &self.0;
         let first = build();
-        let trace_id = first.trace_id.clone();
-        let route = first.route_name.clone();
         let mut ticket = Ticket {
             recorder: self.clone(),
             id: first.id,

@@ -82,27 +82,11 @@ async fn upstream_slower_than_response_timeout_is_504_timeout() {
 
 /// An upstream that promises 100 bytes, sends 10 and closes the connection.
 async fn resetting_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
-                    .await;
-                let _ = s.flush().await;
-            });
-        }
-    });
-    addr
+    raw_upstream_holding(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789",
+        Duration::ZERO,
+    )
+    .await
 }
 
 #[tokio::test]
@@ -520,8 +504,14 @@ async fn requests_open_at_the_shutdown_deadline_are_recorded_as_interrupted() {
     );
 }
 
-/// An upstream that reads a request head and answers every request with `answer`, verbatim.
+/// An upstream that reads a request head and answers every request with `answer`, verbatim,
+/// then holds the connection open a while, as a real upstream would.
 async fn raw_upstream(answer: &'static [u8]) -> SocketAddr {
+    raw_upstream_holding(answer, Duration::from_secs(2)).await
+}
+
+/// [`raw_upstream`], closing the connection `hold` after the answer.
+async fn raw_upstream_holding(answer: &'static [u8], hold: Duration) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
@@ -537,8 +527,7 @@ async fn raw_upstream(answer: &'static [u8]) -> SocketAddr {
                 }
                 let _ = s.write_all(answer).await;
                 let _ = s.flush().await;
-                // Hold the connection open a while, as a real upstream would.
-                tokio::time::sleep(Duration::from_secs(2)).await;
+                tokio::time::sleep(hold).await;
             });
         }
     });

@@ -338,7 +338,7 @@ async fn a_ticket_dropped_unfinished_is_recorded_as_aborted() {
         n8n_execution_id: None,
         redactions: None,
     };
-    let Ok(ticket) = recorder.start(start).await else {
+    let Ok(ticket) = recorder.start(&trace, "n8n", start).await else {
         panic!("the pending row was not recorded");
     };
     assert_eq!(ticket.number(), Some(1));

@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::error::Chain;
 pub use config::Config;
 use metrics::Metrics;
 use record::{Recorder, Spooling};
@@ -176,7 +177,7 @@ async fn serve_all(
             Ok(applied) if !applied.is_empty() => tracing::info!(?applied, "migrations applied"),
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "migrations not applied yet; retrying in the background");
+                tracing::warn!(error = %Chain(&e), "migrations not applied yet; retrying in the background");
                 tokio::spawn(migrate_until_done(pool.clone()));
             }
         }
@@ -218,7 +219,7 @@ async fn migrate_until_done(pool: deadpool_postgres::Pool) {
                 return;
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "migrations not applied yet");
+                tracing::warn!(error = %Chain(&e), retry_in_ms = delay.as_millis() as u64, "migrations not applied yet");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(10));
             }

@@ -1,103 +1,114 @@
-//! Process-wide counters. Labels stay low-cardinality: no trace ids, paths or users.
+//! Process-wide metrics, registered once each in a `prometheus-client` [`Registry`] and
+//! exposed at `/metrics` in the Prometheus text format 0.0.4. Labels stay low-cardinality: no
+//! trace ids, paths or users. Everything counted on the request path is a relaxed atomic add:
+//! counters are `prometheus-client`'s, the per-route counters are created when the routes are
+//! known, and the histograms are fixed-bucket atomics encoded through the same registry.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-/// Every counter here must also be listed in [`Metrics::render`] (`/metrics`).
-#[derive(Debug, Default)]
-pub struct Metrics {
-    /// Requests that reached a route.
-    pub requests: AtomicU64,
-    /// Pending rows committed (D1).
-    pub rows_started: AtomicU64,
-    /// Final updates written (D2).
-    pub rows_finished: AtomicU64,
-    /// Requests forwarded without a pending row (`on_unavailable = "forward"`).
-    pub unrecorded: AtomicU64,
-    /// Requests answered 503 because no pending row could be written.
-    pub rejected_unavailable: AtomicU64,
-    /// Final updates that could not be written.
-    pub finish_failed: AtomicU64,
-    /// Payloads stored with a truncation indicator.
-    pub truncated_payloads: AtomicU64,
-    /// Attempts the proxy repeated (D3).
-    pub retries: AtomicU64,
-    /// Writer batches and the rows they carried.
-    pub writer_batches: AtomicU64,
-    pub writer_ops: AtomicU64,
-    /// Records appended to the spool journal (pending rows and final updates).
-    pub spooled: AtomicU64,
-    /// Journal records applied to PostgreSQL after an outage.
-    pub replayed: AtomicU64,
-    /// Replayed pending rows found already stored (an insert that timed out but committed, or
-    /// a replay repeated after a crash): skipped, never stored twice.
-    pub replay_already_stored: AtomicU64,
-    /// Records refused because the journal was full (`spool.max_bytes`).
-    pub spool_full: AtomicU64,
-    /// Records that could not be written to the journal (I/O error, spool stopped).
-    pub spool_failed: AtomicU64,
-    /// Journal segments whose torn tail (an interrupted write) was cut off at startup.
-    pub spool_torn: AtomicU64,
-    /// Journal records that could not be decoded during replay (skipped, logged).
-    pub spool_undecodable: AtomicU64,
-    /// Journal records PostgreSQL rejected on their own (invalid data): stored with the payload
-    /// replaced by a note, or skipped if even that was rejected; logged.
-    pub spool_rejected: AtomicU64,
-    /// Gauges: what the journal holds now (maintained by `crate::spool`, which bounds the
-    /// journal by them).
-    pub spool_records: AtomicU64,
-    pub spool_bytes: AtomicU64,
-    /// Answers by route and status class.
-    pub route_requests: RouteCounters,
-    /// Attempt durations (as stored in `duration_ms`).
-    pub attempt_duration: Histogram<AttemptSeconds>,
-    /// Waits for the pending row's commit (D1).
-    pub d1_insert: Histogram<InsertSeconds>,
-    /// Operations per writer batch.
-    pub writer_batch_ops: Histogram<BatchOps>,
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+/// A gauge of unsigned values (sizes, counts of things held).
+pub type Level = Gauge<u64, AtomicU64>;
+
+/// Declares [`Metrics`] from one list: each metric's field, type, exported name (after
+/// `trace_proxy_`; counters get `_total`) and help text, created and registered once in
+/// [`Metrics::default`]. The counters and gauges listed first are also in [`Snapshot`].
+macro_rules! metrics {
+    (
+        $($field:ident: $ty:ty = $name:literal, $help:literal;)*
+        ---
+        $($ofield:ident: $oty:ty = $oname:literal, $ohelp:literal;)*
+    ) => {
+        /// Every metric the proxy exports.
+        #[derive(Debug)]
+        pub struct Metrics {
+            $(#[doc = $help] pub $field: $ty,)*
+            $(#[doc = $ohelp] pub $ofield: $oty,)*
+            registry: Registry,
+        }
+
+        impl Default for Metrics {
+            fn default() -> Self {
+                let mut registry = Registry::with_prefix("trace_proxy");
+                $(let $field = <$ty>::default();
+                registry.register($name, $help, $field.clone());)*
+                $(let $ofield = <$oty>::default();
+                registry.register($oname, $ohelp, $ofield.clone());)*
+                Metrics { $($field,)* $($ofield,)* registry }
+            }
+        }
+
+        /// A point-in-time copy of the counters and gauges of [`Metrics`].
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct Snapshot {
+            $(#[doc = $help] pub $field: u64,)*
+        }
+
+        impl Metrics {
+            pub fn snapshot(&self) -> Snapshot {
+                Snapshot { $($field: self.$field.get(),)* }
+            }
+        }
+    };
 }
 
-/// A point-in-time copy of [`Metrics`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Snapshot {
-    pub requests: u64,
-    pub rows_started: u64,
-    pub rows_finished: u64,
-    pub unrecorded: u64,
-    pub rejected_unavailable: u64,
-    pub finish_failed: u64,
-    pub truncated_payloads: u64,
-    pub retries: u64,
-    pub writer_batches: u64,
-    pub writer_ops: u64,
-    pub spooled: u64,
-    pub replayed: u64,
-    pub spool_full: u64,
-    pub replay_already_stored: u64,
+metrics! {
+    requests: Counter = "requests", "Requests that reached a route";
+    rows_started: Counter = "rows_started", "Pending rows committed (D1)";
+    rows_finished: Counter = "rows_finished", "Final updates written (D2)";
+    unrecorded: Counter = "unrecorded",
+        "Requests forwarded without a pending row (on_unavailable = forward)";
+    rejected_unavailable: Counter = "rejected_unavailable",
+        "Requests answered 503 because no pending row could be written";
+    finish_failed: Counter = "finish_failed", "Final updates that could not be written";
+    truncated_payloads: Counter = "truncated_payloads",
+        "Payloads stored with a truncation indicator";
+    retries: Counter = "retries", "Attempts the proxy repeated (D3)";
+    writer_batches: Counter = "writer_batches", "Batches the store writer wrote";
+    writer_ops: Counter = "writer_ops", "Operations (inserts, updates) the store writer wrote";
+    spooled: Counter = "spooled",
+        "Records appended to the spool journal while PostgreSQL was unavailable";
+    replayed: Counter = "replayed", "Spool journal records applied to PostgreSQL";
+    replay_already_stored: Counter = "replay_already_stored",
+        "Replayed pending rows found already stored (timed out but committed): skipped";
+    spool_full: Counter = "spool_full", "Records refused because the spool journal was full";
+    spool_failed: Counter = "spool_failed",
+        "Records that could not be written to the spool journal";
+    spool_torn: Counter = "spool_torn", "Journal segments whose torn tail was cut off at startup";
+    spool_undecodable: Counter = "spool_undecodable",
+        "Journal records skipped during replay because they could not be decoded";
+    spool_rejected: Counter = "spool_rejected",
+        "Journal records PostgreSQL rejected at replay (stored without their payload, or skipped)";
+    spool_records: Level = "spool_records", "Records in the spool journal waiting for replay";
+    spool_bytes: Level = "spool_bytes", "Bytes of the spool journal waiting for replay";
+    ---
+    route_requests: RouteCounters = "route_requests",
+        "Answers to clients by route and status class (error: generated by the proxy)";
+    attempt_duration: Histogram<AttemptSeconds> = "attempt_duration_seconds",
+        "Attempt duration, from forwarding (or arrival) to the end of the exchange";
+    d1_insert: Histogram<InsertSeconds> = "d1_insert_seconds",
+        "Time spent waiting for the pending row's commit (D1) before forwarding";
+    writer_batch_ops: Histogram<BatchOps> = "writer_batch_ops", "Operations per store writer batch";
 }
+
+/// Content type of [`Metrics::render`]'s output.
+pub const PROMETHEUS_CONTENT_TYPE: &str =
+    prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 impl Metrics {
-    pub fn inc(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn snapshot(&self) -> Snapshot {
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        Snapshot {
-            requests: g(&self.requests),
-            rows_started: g(&self.rows_started),
-            rows_finished: g(&self.rows_finished),
-            unrecorded: g(&self.unrecorded),
-            rejected_unavailable: g(&self.rejected_unavailable),
-            finish_failed: g(&self.finish_failed),
-            truncated_payloads: g(&self.truncated_payloads),
-            retries: g(&self.retries),
-            writer_batches: g(&self.writer_batches),
-            writer_ops: g(&self.writer_ops),
-            spooled: g(&self.spooled),
-            replayed: g(&self.replayed),
-            spool_full: g(&self.spool_full),
-            replay_already_stored: g(&self.replay_already_stored),
-        }
+    /// Everything, in the Prometheus text exposition format 0.0.4.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        // Writing into a String cannot fail; an encoder error would only cut the page short.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
+        out
     }
 }
 
@@ -166,22 +177,38 @@ impl Buckets for BatchOps {
 }
 
 /// A fixed-bucket histogram of relaxed atomics: an observation is one bucket scan and three
-/// `fetch_add`s, no lock. Buckets are stored per bucket and made cumulative when rendered.
+/// `fetch_add`s, no lock. Clones share the counts (one is registered, one is observed).
 pub struct Histogram<B: Buckets> {
+    inner: Arc<HistogramCounts>,
+    _buckets: std::marker::PhantomData<B>,
+}
+
+#[derive(Debug)]
+struct HistogramCounts {
     /// One slot per bound, then the `+Inf` slot.
     counts: Box<[AtomicU64]>,
     /// Sum of observations, in the observed unit.
     sum: AtomicU64,
     count: AtomicU64,
-    _buckets: std::marker::PhantomData<B>,
+}
+
+impl<B: Buckets> Clone for Histogram<B> {
+    fn clone(&self) -> Self {
+        Histogram {
+            inner: self.inner.clone(),
+            _buckets: std::marker::PhantomData,
+        }
+    }
 }
 
 impl<B: Buckets> Default for Histogram<B> {
     fn default() -> Self {
         Histogram {
-            counts: (0..=B::BOUNDS.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum: AtomicU64::new(0),
-            count: AtomicU64::new(0),
+            inner: Arc::new(HistogramCounts {
+                counts: (0..=B::BOUNDS.len()).map(|_| AtomicU64::new(0)).collect(),
+                sum: AtomicU64::new(0),
+                count: AtomicU64::new(0),
+            }),
             _buckets: std::marker::PhantomData,
         }
     }
@@ -190,7 +217,7 @@ impl<B: Buckets> Default for Histogram<B> {
 impl<B: Buckets> std::fmt::Debug for Histogram<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Histogram")
-            .field("count", &self.count.load(Ordering::Relaxed))
+            .field("count", &self.count())
             .finish_non_exhaustive()
     }
 }
@@ -202,11 +229,11 @@ impl<B: Buckets> Histogram<B> {
             .iter()
             .position(|&b| value <= b)
             .unwrap_or(B::BOUNDS.len());
-        if let Some(c) = self.counts.get(slot) {
+        if let Some(c) = self.inner.counts.get(slot) {
             c.fetch_add(1, Ordering::Relaxed);
         }
-        self.sum.fetch_add(value, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
+        self.inner.sum.fetch_add(value, Ordering::Relaxed);
+        self.inner.count.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records a duration (for histograms observed in nanoseconds).
@@ -216,31 +243,35 @@ impl<B: Buckets> Histogram<B> {
 
     /// Observations recorded so far.
     pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
+        self.inner.count.load(Ordering::Relaxed)
+    }
+}
+
+impl<B: Buckets + Send + Sync + 'static> EncodeMetric for Histogram<B> {
+    /// `_count` is the sum of the buckets read, so `+Inf` always equals it even while
+    /// observations race the read.
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let mut count = 0u64;
+        let buckets: Vec<(f64, u64)> = self
+            .inner
+            .counts
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let n = c.load(Ordering::Relaxed);
+                count += n;
+                let le = B::BOUNDS
+                    .get(i)
+                    .map_or(f64::INFINITY, |&b| b as f64 / B::PER_UNIT);
+                (le, n)
+            })
+            .collect();
+        let sum = self.inner.sum.load(Ordering::Relaxed) as f64 / B::PER_UNIT;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
 
-    /// Appends the histogram in Prometheus text format. `_count` is the sum of the buckets read,
-    /// so `+Inf` always equals it even while observations race the read.
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        use std::fmt::Write;
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        let mut cumulative = 0u64;
-        for (i, c) in self.counts.iter().enumerate() {
-            cumulative += c.load(Ordering::Relaxed);
-            match B::BOUNDS.get(i) {
-                Some(&b) => {
-                    let le = b as f64 / B::PER_UNIT;
-                    let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
-                }
-                None => {
-                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-                }
-            }
-        }
-        let sum = self.sum.load(Ordering::Relaxed) as f64 / B::PER_UNIT;
-        let _ = writeln!(out, "{name}_sum {sum}");
-        let _ = writeln!(out, "{name}_count {cumulative}");
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
     }
 }
 
@@ -269,25 +300,56 @@ impl Class {
     }
 }
 
-/// Answers per configured route and status class. The label set is fixed at startup from the
-/// configured route names (bounded cardinality); counting is a name scan and a relaxed add.
-#[derive(Debug, Default)]
-pub struct RouteCounters {
-    routes: std::sync::OnceLock<Box<[(String, ClassCounts)]>>,
+/// The labels of `trace_proxy_route_requests_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteClass {
+    route: String,
+    class: &'static str,
 }
 
-/// One route's counts, indexed like [`Class::LABELS`].
-type ClassCounts = [AtomicU64; 6];
+/// Answers per configured route and status class. The label set is fixed at startup from the
+/// configured route names (bounded cardinality): each counter is created then, and counting is
+/// a name scan and a relaxed add, with no lookup in the family's map.
+#[derive(Debug, Default, Clone)]
+pub struct RouteCounters {
+    family: Family<RouteClass, Counter>,
+    routes: Arc<std::sync::OnceLock<Box<[RouteCounts]>>>,
+}
+
+/// A route's name and its counters, indexed like [`Class::LABELS`].
+type RouteCounts = (String, [Counter; 6]);
+
+impl EncodeMetric for RouteCounters {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.family.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
 
 impl RouteCounters {
     /// Sets the route names once; later calls (a second run sharing the metrics) are ignored.
     pub fn register<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
-        let _ = self.routes.set(
-            names
-                .into_iter()
-                .map(|n| (n.to_owned(), Default::default()))
-                .collect(),
-        );
+        if self.routes.get().is_some() {
+            return;
+        }
+        let routes = names
+            .into_iter()
+            .map(|n| {
+                let counter = |class: &'static str| {
+                    self.family
+                        .get_or_create(&RouteClass {
+                            route: n.to_owned(),
+                            class,
+                        })
+                        .clone()
+                };
+                (n.to_owned(), Class::LABELS.map(counter))
+            })
+            .collect();
+        let _ = self.routes.set(routes);
     }
 
     /// The slot of route `name`, if registered.
@@ -298,7 +360,7 @@ impl RouteCounters {
     /// Counts one answer on route `slot`.
     pub fn count(&self, slot: Option<usize>, class: Class) {
         if let Some((_, c)) = slot.and_then(|s| self.routes.get()?.get(s)) {
-            c[class.slot()].fetch_add(1, Ordering::Relaxed);
+            c[class.slot()].inc();
         }
     }
 
@@ -309,191 +371,8 @@ impl RouteCounters {
             .get()
             .and_then(|r| r.iter().find(|(n, _)| n == route))
             .zip(i)
-            .map_or(0, |((_, c), i)| c[i].load(Ordering::Relaxed))
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        use std::fmt::Write;
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} counter");
-        for (route, counts) in self.routes.get().into_iter().flatten() {
-            let route = escape_label(route);
-            for (label, c) in Class::LABELS.iter().zip(counts) {
-                let v = c.load(Ordering::Relaxed);
-                let _ = writeln!(out, "{name}{{route=\"{route}\",class=\"{label}\"}} {v}");
-            }
-        }
-    }
-}
-
-/// A label value as the exposition format wants it: `\`, `"` and newline escaped.
-fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// One unlabelled sample with its HELP and TYPE lines.
-fn scalar(out: &mut String, name: &str, kind: &str, value: &AtomicU64, help: &str) {
-    use std::fmt::Write;
-    let v = value.load(Ordering::Relaxed);
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-    );
-}
-
-/// Content type of [`Metrics::render`]'s output.
-pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// The counters: name (after `trace_proxy_`), field, help.
-type Field = fn(&Metrics) -> &AtomicU64;
-const COUNTERS: [(&str, Field, &str); 18] = [
-    (
-        "requests",
-        |m| &m.requests,
-        "Requests that reached a route.",
-    ),
-    (
-        "rows_started",
-        |m| &m.rows_started,
-        "Pending rows committed (D1).",
-    ),
-    (
-        "rows_finished",
-        |m| &m.rows_finished,
-        "Final updates written (D2).",
-    ),
-    (
-        "unrecorded",
-        |m| &m.unrecorded,
-        "Requests forwarded without a pending row (on_unavailable = forward).",
-    ),
-    (
-        "rejected_unavailable",
-        |m| &m.rejected_unavailable,
-        "Requests answered 503 because no pending row could be written.",
-    ),
-    (
-        "finish_failed",
-        |m| &m.finish_failed,
-        "Final updates that could not be written.",
-    ),
-    (
-        "truncated_payloads",
-        |m| &m.truncated_payloads,
-        "Payloads stored with a truncation indicator.",
-    ),
-    (
-        "retries",
-        |m| &m.retries,
-        "Attempts the proxy repeated (D3).",
-    ),
-    (
-        "writer_batches",
-        |m| &m.writer_batches,
-        "Batches the store writer wrote.",
-    ),
-    (
-        "writer_ops",
-        |m| &m.writer_ops,
-        "Operations (inserts, updates) the store writer wrote.",
-    ),
-    (
-        "spooled",
-        |m| &m.spooled,
-        "Records appended to the spool journal while PostgreSQL was unavailable.",
-    ),
-    (
-        "replayed",
-        |m| &m.replayed,
-        "Spool journal records applied to PostgreSQL.",
-    ),
-    (
-        "replay_already_stored",
-        |m| &m.replay_already_stored,
-        "Replayed pending rows found already stored (timed out but committed): skipped.",
-    ),
-    (
-        "spool_full",
-        |m| &m.spool_full,
-        "Records refused because the spool journal was full.",
-    ),
-    (
-        "spool_failed",
-        |m| &m.spool_failed,
-        "Records that could not be written to the spool journal.",
-    ),
-    (
-        "spool_torn",
-        |m| &m.spool_torn,
-        "Journal segments whose torn tail was cut off at startup.",
-    ),
-    (
-        "spool_undecodable",
-        |m| &m.spool_undecodable,
-        "Journal records skipped during replay because they could not be decoded.",
-    ),
-    (
-        "spool_rejected",
-        |m| &m.spool_rejected,
-        "Journal records PostgreSQL rejected at replay (stored without their payload, or skipped).",
-    ),
-];
-
-/// The gauges: name (after `trace_proxy_`), field, help.
-const GAUGES: [(&str, Field, &str); 2] = [
-    (
-        "spool_records",
-        |m| &m.spool_records,
-        "Records in the spool journal waiting for replay.",
-    ),
-    (
-        "spool_bytes",
-        |m| &m.spool_bytes,
-        "Bytes of the spool journal waiting for replay.",
-    ),
-];
-
-impl Metrics {
-    /// Everything, in the Prometheus text exposition format 0.0.4.
-    pub fn render(&self) -> String {
-        let mut out = String::with_capacity(8192);
-        for (name, c, help) in COUNTERS {
-            let c = c(self);
-            scalar(
-                &mut out,
-                &format!("trace_proxy_{name}_total"),
-                "counter",
-                c,
-                help,
-            );
-        }
-        for (name, g, help) in GAUGES {
-            let g = g(self);
-            scalar(&mut out, &format!("trace_proxy_{name}"), "gauge", g, help);
-        }
-        self.route_requests.render(
-            &mut out,
-            "trace_proxy_route_requests_total",
-            "Answers to clients by route and status class (error: generated by the proxy).",
-        );
-        self.attempt_duration.render(
-            &mut out,
-            "trace_proxy_attempt_duration_seconds",
-            "Attempt duration, from forwarding (or arrival) to the end of the exchange.",
-        );
-        self.d1_insert.render(
-            &mut out,
-            "trace_proxy_d1_insert_seconds",
-            "Time spent waiting for the pending row's commit (D1) before forwarding.",
-        );
-        self.writer_batch_ops.render(
-            &mut out,
-            "trace_proxy_writer_batch_ops",
-            "Operations per store writer batch.",
-        );
-        out
+            .and_then(|((_, c), i)| c.get(i))
+            .map_or(0, Counter::get)
     }
 }
 
@@ -501,26 +380,32 @@ impl Metrics {
 mod exposition_tests {
     use super::*;
 
+    fn encoded(name: &str, m: impl prometheus_client::registry::Metric) -> String {
+        let mut r = Registry::default();
+        r.register(name, "x", m);
+        let mut out = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &r).expect("encode");
+        out
+    }
+
     #[test]
     fn histogram_buckets_are_cumulative_and_end_at_count() {
         let h = Histogram::<BatchOps>::default();
         for v in [1, 1, 3, 5000] {
             h.observe(v);
         }
-        let mut out = String::new();
-        h.render(&mut out, "b", "x");
+        let out = encoded("b", h);
         assert!(out.contains("b_bucket{le=\"1\"} 2\n"), "{out}");
         assert!(out.contains("b_bucket{le=\"2\"} 2\n"), "{out}");
         assert!(out.contains("b_bucket{le=\"4\"} 3\n"), "{out}");
         assert!(out.contains("b_bucket{le=\"1024\"} 3\n"), "{out}");
         assert!(
-            out.contains("b_bucket{le=\"+Inf\"} 4\nb_sum 5005\nb_count 4\n"),
+            out.contains("b_bucket{le=\"+Inf\"} 4\nb_sum 5005.0\nb_count 4\n"),
             "{out}"
         );
         let d = Histogram::<AttemptSeconds>::default();
         d.observe_duration(std::time::Duration::from_millis(3));
-        let mut out = String::new();
-        d.render(&mut out, "d", "x");
+        let out = encoded("d", d);
         assert!(out.contains("d_bucket{le=\"0.001\"} 0\n"), "{out}");
         assert!(out.contains("d_bucket{le=\"0.005\"} 1\n"), "{out}");
         assert!(out.contains("d_sum 0.003\n"), "{out}");

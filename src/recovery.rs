@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::RecoveryConfig;
+use crate::error::Chain;
 use crate::shutdown::Shutdown;
 use crate::store::instances::{deregister, heartbeat, resolve_orphans};
 pub use crate::store::instances::{resolve_instances, RecoveryError, BATCH_ROWS, OUTCOME_UNKNOWN};
@@ -45,7 +46,7 @@ impl Recovery {
     ) -> Recovery {
         let host = hostname();
         if let Err(e) = heartbeat(&pool, instance, host.as_deref()).await {
-            tracing::warn!(error = %e, %instance, "proxy instance not registered yet; retrying every heartbeat");
+            tracing::warn!(error = %Chain(&e), %instance, "proxy instance not registered yet; retrying every heartbeat");
         } else {
             tracing::info!(%instance, "proxy instance registered");
         }
@@ -57,7 +58,7 @@ impl Recovery {
             let pool = task_pool;
             loop {
                 if let Err(e) = heartbeat(&pool, instance, host.as_deref()).await {
-                    tracing::warn!(error = %e, %instance, "heartbeat failed");
+                    tracing::warn!(error = %Chain(&e), %instance, "heartbeat failed");
                 }
                 match resolve_orphans(&pool, instance, config.stale_after, &stopped).await {
                     Ok(0) => {}
@@ -65,7 +66,7 @@ impl Recovery {
                         rows = n,
                         "rows left unresolved by a stopped proxy instance recorded as failed (OUTCOME_UNKNOWN)"
                     ),
-                    Err(e) => tracing::warn!(error = %e, "orphan recovery pass failed"),
+                    Err(e) => tracing::warn!(error = %Chain(&e), "orphan recovery pass failed"),
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(config.heartbeat) => {}
@@ -92,7 +93,7 @@ impl Recovery {
         match shutdown.within(deregister(&self.pool, self.instance)).await {
             Some(Ok(_)) => tracing::info!(instance = %self.instance, "proxy instance deregistered"),
             Some(Err(e)) => {
-                tracing::warn!(error = %e, instance = %self.instance, "proxy instance not deregistered; it will be forgotten once stale")
+                tracing::warn!(error = %Chain(&e), instance = %self.instance, "proxy instance not deregistered; it will be forgotten once stale")
             }
             None => {
                 tracing::warn!(instance = %self.instance, "proxy instance not deregistered in time; it will be forgotten once stale")

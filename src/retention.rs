@@ -6,6 +6,7 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 
 use crate::config::RetentionConfig;
+use crate::error::Chain;
 use crate::shutdown::Shutdown;
 use crate::store::archive::run_until;
 pub use crate::store::archive::{run_once, Report, RetentionError, LOCK_CLASS};
@@ -56,7 +57,7 @@ impl Scheduler {
                     }
                     Err(e) => {
                         let retry = interval.min(RETRY_AFTER_FAILURE);
-                        tracing::warn!(error = %e, retry_in_secs = retry.as_secs(), "retention pass failed");
+                        tracing::warn!(error = %Chain(&e), retry_in_secs = retry.as_secs(), "retention pass failed");
                         retry
                     }
                 };

@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::error::Chain;
 use crate::proxy::{self, App};
 use crate::shutdown::Shutdown;
 
@@ -136,7 +137,7 @@ where
                 Ok(conn) => conn,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(listener = limits.name, error = %e, "accept failed");
+                    tracing::warn!(listener = limits.name, error = %Chain(&e), "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -156,7 +157,7 @@ where
         let name = limits.name;
         conns.spawn(async move {
             if let Err(e) = conn.await {
-                tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
+                tracing::debug!(listener = name, %peer, error = %Chain(&*e), "connection ended with an error");
             }
             drop(permit);
         });

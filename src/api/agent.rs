@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use super::params::{self, Params};
 use super::{ApiError, ApiState};
+use crate::error::Chain;
 use crate::insight::{bundle, fit};
 use crate::trace::now_utc;
 
@@ -16,7 +17,7 @@ const MAX_WINDOW: chrono::TimeDelta = chrono::TimeDelta::days(31);
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<Value, ApiError> {
     serde_json::to_value(v).map_err(|e| {
-        tracing::error!(error = %e, "an agent bundle did not serialize");
+        tracing::error!(error = %Chain(&e), "an agent bundle did not serialize");
         ApiError::Unavailable
     })
 }

@@ -44,6 +44,7 @@ use tokio::net::TcpListener;
 use uuid::Uuid;
 
 use crate::config::{Config, Token};
+use crate::error::Chain;
 use crate::metrics::Metrics;
 use crate::record::{Probe, Readiness};
 use crate::server;
@@ -183,7 +184,7 @@ impl From<QueryError> for ApiError {
         match e {
             QueryError::Timeout => ApiError::Timeout,
             QueryError::Store(e) => {
-                tracing::warn!(error = %e, "admin query failed");
+                tracing::warn!(error = %Chain(&e), "admin query failed");
                 ApiError::Unavailable
             }
         }

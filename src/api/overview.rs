@@ -21,6 +21,7 @@ use tokio_postgres::GenericClient;
 
 use super::params::Params;
 use super::{ApiError, ApiState};
+use crate::error::Chain;
 use crate::store::query::{self, QueryError, Unfinished, Window};
 
 /// Workflows and error codes listed when `limit` is absent.
@@ -154,7 +155,7 @@ async fn refresh(pool: Pool, cache: Arc<OverviewCache>, key: Key) {
     match result.await {
         Ok(r) => cache.store(key, r, Instant::now()),
         Err(e) => {
-            tracing::warn!(error = %e, window = key.window.as_str(), "overview refresh failed");
+            tracing::warn!(error = %Chain(&e), window = key.window.as_str(), "overview refresh failed");
             cache.refresh_failed(&key);
         }
     }

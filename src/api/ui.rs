@@ -27,6 +27,7 @@ use serde_json::{json, Value};
 use super::session::{self, SignInError};
 use super::{error_response, json_response, ApiError, ApiState, Resp};
 use crate::config::AdminConfig;
+use crate::error::Chain;
 
 /// `Content-Security-Policy` of every admin response: only this origin's script and style, no
 /// inline code, no framing, nothing sent anywhere else.
@@ -327,7 +328,7 @@ where
             Ok(with_cookie(cookie))
         }
         Err(e @ SignInError::WrongToken) => {
-            tracing::warn!(%peer, reason = %e, "explorer sign-in refused");
+            tracing::warn!(%peer, reason = %Chain(&e), "explorer sign-in refused");
             Err(ApiError::WrongToken)
         }
         Err(SignInError::Throttled(wait)) => {
@@ -335,7 +336,7 @@ where
             Err(ApiError::Throttled(wait))
         }
         Err(e @ SignInError::Random) => {
-            tracing::error!(error = %e, "explorer sign-in failed");
+            tracing::error!(error = %Chain(&e), "explorer sign-in failed");
             Err(ApiError::Unavailable)
         }
     }

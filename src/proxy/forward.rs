@@ -24,10 +24,29 @@ pub(crate) type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamB
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientSetupError {
-    #[error("cannot read upstream.ca_file {path}: {reason}")]
-    CaFile { path: String, reason: String },
-    #[error("TLS roots: {0}")]
-    Roots(String),
+    #[error("cannot read upstream.ca_file {path}")]
+    CaFile {
+        path: String,
+        #[source]
+        source: CaFileError,
+    },
+    #[error("no native root certificates found ({0} errors)")]
+    NoNativeRoots(usize),
+    #[error("TLS protocol versions")]
+    Protocols(#[source] rustls::Error),
+}
+
+/// What is wrong with `upstream.ca_file`.
+#[derive(Debug, thiserror::Error)]
+pub enum CaFileError {
+    #[error(transparent)]
+    Read(#[from] std::io::Error),
+    #[error(transparent)]
+    Pem(#[from] rustls::pki_types::pem::Error),
+    #[error(transparent)]
+    Cert(#[from] rustls::Error),
+    #[error("no PEM certificates in file")]
+    Empty,
 }
 
 /// The pooled upstream client: HTTP/1.1 and, over TLS when ALPN agrees, HTTP/2.
@@ -39,10 +58,7 @@ pub(crate) fn build_client(cfg: &UpstreamConfig) -> Result<UpstreamClient, Clien
     if matches!(cfg.tls_roots, TlsRoots::Native | TlsRoots::Both) {
         let native = rustls_native_certs::load_native_certs();
         if native.certs.is_empty() {
-            return Err(ClientSetupError::Roots(format!(
-                "no native root certificates found ({} errors)",
-                native.errors.len()
-            )));
+            return Err(ClientSetupError::NoNativeRoots(native.errors.len()));
         }
         for cert in native.certs {
             // Unparseable platform certificates are skipped, as browsers do.
@@ -50,25 +66,25 @@ pub(crate) fn build_client(cfg: &UpstreamConfig) -> Result<UpstreamClient, Clien
         }
     }
     if let Some(path) = &cfg.ca_file {
-        let err = |reason: String| ClientSetupError::CaFile {
+        let err = |source: CaFileError| ClientSetupError::CaFile {
             path: path.display().to_string(),
-            reason,
+            source,
         };
-        let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        let pem = std::fs::read(path).map_err(|e| err(e.into()))?;
         let mut added = 0;
         for cert in CertificateDer::pem_slice_iter(&pem) {
-            let cert = cert.map_err(|e| err(e.to_string()))?;
-            roots.add(cert).map_err(|e| err(e.to_string()))?;
+            let cert = cert.map_err(|e| err(e.into()))?;
+            roots.add(cert).map_err(|e| err(e.into()))?;
             added += 1;
         }
         if added == 0 {
-            return Err(err("no PEM certificates in file".into()));
+            return Err(err(CaFileError::Empty));
         }
     }
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| ClientSetupError::Roots(e.to_string()))?
+        .map_err(ClientSetupError::Protocols)?
         .with_root_certificates(roots)
         .with_no_client_auth();
 
@@ -284,15 +300,18 @@ mod tests {
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
         let only_key = cert.signing_key.serialize_pem();
         let e = client_with_ca(only_key.as_bytes()).expect_err("refused");
-        assert!(e.to_string().contains("no PEM certificates in file"), "{e}");
         assert!(
-            e.to_string().starts_with("cannot read upstream.ca_file "),
+            error_chain(&e).contains("no PEM certificates in file"),
+            "{e}"
+        );
+        assert!(
+            error_chain(&e).starts_with("cannot read upstream.ca_file "),
             "{e}"
         );
         let broken = "-----BEGIN CERTIFICATE-----\n!!!not base64!!!\n-----END CERTIFICATE-----\n";
         let e = client_with_ca(broken.as_bytes()).expect_err("refused");
         assert!(
-            e.to_string().starts_with("cannot read upstream.ca_file "),
+            error_chain(&e).starts_with("cannot read upstream.ca_file "),
             "{e}"
         );
     }

@@ -23,6 +23,7 @@ use hyper::body::Incoming;
 
 use crate::capture::{drain_capped, RequestBody, TeeBody};
 use crate::config::{Config, Route};
+use crate::error::Chain;
 use crate::metrics::Metrics;
 use crate::record::Recorder;
 use crate::retry::{self, Decision, Failure};
@@ -63,7 +64,7 @@ pub(crate) async fn handle(
         tracing::debug!(path = req.uri().path(), "no route");
         return local(&ProxyError::NoRoute, None, &cfg);
     };
-    Metrics::inc(&app.metrics.requests);
+    app.metrics.requests.inc();
     // 3, 4. correlate, capture the request
     let mut inbound = Inbound::read(&app, route, req).await;
     // 5-9, once per attempt (D3).
@@ -86,7 +87,7 @@ pub(crate) async fn handle(
         match exchange(&app, &mut inbound, route, attempt, n, peer).await {
             Exchanged::Answered(response) => return response,
             Exchanged::Retry(wait) => {
-                Metrics::inc(&app.metrics.retries);
+                app.metrics.retries.inc();
                 tokio::time::sleep(wait).await;
             }
         }
@@ -147,7 +148,7 @@ async fn exchange(
             Failure::AfterSend,
         ),
     };
-    tracing::info!(trace_id = %corr.trace_id, route = %route.name, attempt = n, error = %e,
+    tracing::info!(trace_id = %corr.trace_id, route = %route.name, attempt = n, error = %Chain(&e),
         "upstream exchange failed");
     if e.fault() == Fault::Upstream {
         let can_replay = inbound.replay.is_some();
@@ -265,7 +266,7 @@ fn note_truncation(
         return;
     }
     if let Some(t) = payload.as_ref().and_then(|p| p.get("_truncated")) {
-        Metrics::inc(&metrics.truncated_payloads);
+        metrics.truncated_payloads.inc();
         tracing::info!(trace_id, payload = which, indicator = %t, "payload truncated for storage");
     }
 }

@@ -11,7 +11,6 @@ pub mod replay;
 pub mod spool;
 pub mod store;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +18,7 @@ use deadpool_postgres::Pool;
 use uuid::Uuid;
 
 use crate::config::{Config, OnUnavailable, SpoolFull};
+use crate::error::{error_chain, Chain};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::trace::{now_utc, AttemptFinish, AttemptStart, Status};
@@ -89,12 +89,12 @@ impl Probe {
                     d.as_millis()
                 )
             }
-            Err(e) => format!("database unreachable: {e}"),
+            Err(e) => format!("database unreachable: {}", error_chain(&e)),
         };
         let Some(limit) = self.spool_pending_limit else {
             return Readiness::NotReady(reason);
         };
-        let used = self.metrics.spool_bytes.load(Ordering::Relaxed);
+        let used = self.metrics.spool_bytes.get();
         match used + SPOOL_HEADROOM <= limit {
             true => Readiness::Spooling(reason),
             false => Readiness::NotReady(format!("{reason}; spool journal full")),
@@ -195,7 +195,7 @@ impl Recorder {
             _ => {
                 ticket.insert = Some(match inner.store.begin(first) {
                     Ok(pending) => Insert::Unknown(pending),
-                    Err(e) => Insert::Failed(e.to_string()),
+                    Err(e) => Insert::Failed(error_chain(&e)),
                 });
                 None
             }
@@ -207,7 +207,7 @@ impl Recorder {
             OnUnavailable::Spool => match ticket.spool_start(spare, &build).await {
                 Ok(()) => return Ok(ticket),
                 Err(e) => {
-                    tracing::error!(%trace_id, %route, error = %e, database = %reason,
+                    tracing::error!(%trace_id, %route, error = %Chain(&e), database = %reason,
                         "pending row neither committed nor spooled");
                     match inner.spool_full {
                         SpoolFull::Reject => OnUnavailable::Reject,
@@ -218,12 +218,12 @@ impl Recorder {
             other => other,
         };
         if policy == OnUnavailable::Forward {
-            Metrics::inc(&inner.metrics.unrecorded);
+            inner.metrics.unrecorded.inc();
             tracing::warn!(%trace_id, %route, error = %reason,
                 "pending row not committed: forwarding unrecorded");
             return Ok(ticket);
         }
-        Metrics::inc(&inner.metrics.rejected_unavailable);
+        inner.metrics.rejected_unavailable.inc();
         tracing::warn!(%trace_id, %route, error = %reason,
             "pending row not committed: request rejected, nothing forwarded");
         Err(Refused { reason, ticket })
@@ -248,8 +248,8 @@ impl Recorder {
     fn submit(&self, finish: AttemptFinish) {
         let id = finish.id;
         if let Err(e) = self.0.store.record_finish(finish) {
-            Metrics::inc(&self.0.metrics.finish_failed);
-            tracing::error!(row_id = %id, error = %e, "final update not queued");
+            self.0.metrics.finish_failed.inc();
+            tracing::error!(row_id = %id, error = %Chain(&e), "final update not queued");
         }
     }
 }
@@ -381,7 +381,7 @@ impl Ticket {
                 Ok(())
             }
             Err(e) => {
-                let e = e.to_string();
+                let e = error_chain(&e);
                 self.insert = Some(Insert::Failed(e.clone()));
                 Err(e)
             }

@@ -7,7 +7,6 @@
 //! spool disengages, and the rows the directory's earlier processes left unresolved are
 //! resolved as `OUTCOME_UNKNOWN`.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +18,7 @@ use uuid::Uuid;
 use super::spool::journal::{Reader, Segment};
 use super::spool::SpoolError;
 use super::spool::{Record, Spool};
-use crate::error::error_chain;
+use crate::error::{error_chain, Chain};
 use crate::metrics::Metrics;
 use crate::recovery::RecoveryError;
 use crate::store::{self, StoreError};
@@ -183,7 +182,7 @@ async fn pass(ctx: &ReplayCtx, stop: &watch::Receiver<bool>) -> Result<(), Repla
         }
         if let Err(e) = ctx.spool.trim(&seg) {
             // Replaying it again later is harmless; only the space stays in use.
-            tracing::error!(segment = %seg.path.display(), error = %e, "replayed segment not removed");
+            tracing::error!(segment = %seg.path.display(), error = %Chain(&e), "replayed segment not removed");
             return Err(ReplayError::RemoveSegment {
                 path: seg.path.clone(),
                 source: e,
@@ -242,7 +241,7 @@ async fn replay_segment(
                         break;
                     }
                     Err(Err(e)) => {
-                        tracing::error!(error = %e, "spool segment unreadable; the rest of it is skipped");
+                        tracing::error!(error = %Chain(&e), "spool segment unreadable; the rest of it is skipped");
                         end = true;
                         break;
                     }
@@ -254,9 +253,7 @@ async fn replay_segment(
         .map_err(ReplayError::Task)?;
         if !payloads.is_empty() {
             apply(ctx, &payloads).await?;
-            ctx.metrics
-                .replayed
-                .fetch_add(payloads.len() as u64, Ordering::Relaxed);
+            ctx.metrics.replayed.inc_by(payloads.len() as u64);
         }
         if !end {
             reader = Some(r);
@@ -276,21 +273,21 @@ async fn apply(ctx: &ReplayCtx, payloads: &[Vec<u8>]) -> Result<(), StoreError> 
     let client = ctx.pool.get().await?;
     match store::replay(client, starts, finishes, &ctx.metrics, ctx.deadline).await {
         Err(StoreError::Rejected(e)) if payloads.len() == 1 => {
-            Metrics::inc(&ctx.metrics.spool_rejected);
+            ctx.metrics.spool_rejected.inc();
             let (mut starts, mut finishes) = decode(ctx, payloads);
-            let note = serde_json::json!({ "_unstorable": format!("PostgreSQL refused this payload: {e}") });
+            let note = serde_json::json!({ "_unstorable": format!("PostgreSQL refused this payload: {}", error_chain(&*e)) });
             for (s, _) in &mut starts {
                 s.request_payload = Some(note.clone());
-                tracing::error!(row_id = %s.id, error = %e, "spool record rejected by PostgreSQL; storing it without its request payload");
+                tracing::error!(row_id = %s.id, error = %Chain(&e), "spool record rejected by PostgreSQL; storing it without its request payload");
             }
             for f in &mut finishes {
                 f.response_payload = Some(note.clone());
-                tracing::error!(row_id = %f.id, error = %e, "spool record rejected by PostgreSQL; storing it without its response payload");
+                tracing::error!(row_id = %f.id, error = %Chain(&e), "spool record rejected by PostgreSQL; storing it without its response payload");
             }
             let client = ctx.pool.get().await?;
             match store::replay(client, starts, finishes, &ctx.metrics, ctx.deadline).await {
                 Err(StoreError::Rejected(e)) => {
-                    tracing::error!(error = %e, "spool record rejected by PostgreSQL even without its payload; skipped");
+                    tracing::error!(error = %Chain(&e), "spool record rejected by PostgreSQL even without its payload; skipped");
                     Ok(())
                 }
                 other => other.map(drop),
@@ -317,8 +314,8 @@ fn decode(ctx: &ReplayCtx, payloads: &[Vec<u8>]) -> Decoded {
             Ok(Record::Start { instance, start }) => starts.push((*start, instance)),
             Ok(Record::Finish { finish }) => finishes.push(*finish),
             Err(e) => {
-                Metrics::inc(&ctx.metrics.spool_undecodable);
-                tracing::error!(error = %e, "spool record not decodable; skipped");
+                ctx.metrics.spool_undecodable.inc();
+                tracing::error!(error = %Chain(&e), "spool record not decodable; skipped");
             }
         }
     }
@@ -350,7 +347,7 @@ pub struct Drained {
 /// Replays the whole journal once and resolves what the directory's earlier processes left
 /// unresolved, with no traffic being spooled meanwhile (`trace-proxy spool replay`).
 pub async fn drain(mut ctx: ReplayCtx) -> Result<Drained, ReplayError> {
-    let before = ctx.metrics.replayed.load(Ordering::Relaxed);
+    let before = ctx.metrics.replayed.get();
     let (_keep, stop) = watch::channel(false);
     pass(&ctx, &stop).await?;
     let left = ctx.spool.records();
@@ -362,7 +359,7 @@ pub async fn drain(mut ctx: ReplayCtx) -> Result<Drained, ReplayError> {
         false => resolve_previous(&mut ctx).await?,
     };
     Ok(Drained {
-        records: ctx.metrics.replayed.load(Ordering::Relaxed) - before,
+        records: ctx.metrics.replayed.get() - before,
         resolved,
     })
 }

@@ -89,7 +89,7 @@ async fn wait_until_recorded(
         if let Ok((client, conn)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await {
             tokio::spawn(conn);
             last = tally(&client, traces).await;
-            let spooled = proxy.metrics.spool_records.load(Ordering::Relaxed);
+            let spooled = proxy.metrics.spool_records.get();
             if last == (n, n, n, n, n) && spooled == 0 {
                 return started.elapsed();
             }
@@ -98,7 +98,7 @@ async fn wait_until_recorded(
     }
     panic!(
         "{n} requests: (rows, ids, traces, final, success) = {last:?} after {limit:?}; journal holds {}",
-        proxy.metrics.spool_records.load(Ordering::Relaxed)
+        proxy.metrics.spool_records.get()
     );
 }
 
@@ -209,7 +209,7 @@ async fn postgres_stopped_immediately_under_load_loses_no_request_and_no_row() {
     let restarted = Instant::now();
     let mut emptied = None;
     while restarted.elapsed() < Duration::from_secs(20) {
-        if proxy.metrics.spool_records.load(Ordering::Relaxed) == 0 {
+        if proxy.metrics.spool_records.get() == 0 {
             emptied = Some(restarted.elapsed());
             break;
         }
@@ -380,9 +380,9 @@ async fn a_torn_journal_tail_is_cut_and_the_rest_replayed_into_the_database() {
             "{t}"
         );
     }
-    assert_eq!(proxy.metrics.spool_torn.load(Ordering::Relaxed), 1);
+    assert_eq!(proxy.metrics.spool_torn.get(), 1);
     for _ in 0..100 {
-        if proxy.metrics.spool_records.load(Ordering::Relaxed) == 0 {
+        if proxy.metrics.spool_records.get() == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -444,13 +444,13 @@ async fn a_record_postgresql_rejects_is_stored_without_its_payload_and_the_rest_
     .await;
     wait_for_migrations(&db).await;
     for _ in 0..200 {
-        if proxy.metrics.spool_records.load(Ordering::Relaxed) == 0 {
+        if proxy.metrics.spool_records.get() == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    assert_eq!(proxy.metrics.spool_records.load(Ordering::Relaxed), 0);
-    assert_eq!(proxy.metrics.spool_rejected.load(Ordering::Relaxed), 1);
+    assert_eq!(proxy.metrics.spool_records.get(), 0);
+    assert_eq!(proxy.metrics.spool_rejected.get(), 1);
     for (i, t) in traces.iter().enumerate() {
         let rows = db.trace_rows(t).await;
         assert_eq!(rows.len(), 1, "{t}");

@@ -31,20 +31,43 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::config::SpoolConfig;
+use crate::error::Chain;
 use crate::metrics::Metrics;
 use crate::trace::{AttemptFinish, AttemptStart};
 use journal::{Active, Segment};
 
-#[derive(Debug, thiserror::Error)]
+/// Why the journal did not take a record or could not be opened. Cloneable (sources behind
+/// `Arc`) because one failed write answers every record of its group.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SpoolError {
     #[error("spool journal full ({max_bytes} bytes)")]
     Full { max_bytes: u64 },
-    #[error("spool journal write failed: {0}")]
-    Io(String),
+    #[error("spool journal write failed")]
+    Io(#[source] Arc<io::Error>),
+    #[error("cannot encode a spool record")]
+    Encode(#[source] Arc<serde_json::Error>),
+    #[error("record of {0} bytes exceeds the journal's frame limit")]
+    TooLarge(usize),
     #[error("spool stopped")]
     Closed,
-    #[error("spool directory {dir}: {reason}")]
-    Open { dir: PathBuf, reason: String },
+    #[error("spool directory {dir}: {what}")]
+    Open {
+        dir: PathBuf,
+        what: &'static str,
+        #[source]
+        source: Option<Arc<io::Error>>,
+    },
+}
+
+impl SpoolError {
+    /// An error opening or reading `dir`, as a `map_err` function.
+    fn open<'a>(dir: &'a Path, what: &'static str) -> impl Fn(io::Error) -> SpoolError + 'a {
+        move |e| SpoolError::Open {
+            dir: dir.to_owned(),
+            what,
+            source: Some(Arc::new(e)),
+        }
+    }
 }
 
 /// One journal record.
@@ -135,35 +158,19 @@ impl Spool {
         metrics: Arc<Metrics>,
     ) -> Result<(Spool, Appender, Opened), SpoolError> {
         let dir = cfg.dir.clone();
-        let err = |reason: String| SpoolError::Open {
-            dir: dir.clone(),
-            reason,
-        };
-        fs::create_dir_all(&dir).map_err(|e| err(format!("cannot create: {e}")))?;
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(LOCK_FILE))
-            .map_err(|e| err(format!("cannot open lock file: {e}")))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                return Err(err("in use by another trace-proxy process".into()))
-            }
-            Err(fs::TryLockError::Error(e)) => return Err(err(format!("cannot lock: {e}"))),
-        }
+        fs::create_dir_all(&dir).map_err(SpoolError::open(&dir, "cannot create"))?;
+        let lock = take_lock(&dir)?;
         let (segments, torn_segments) =
-            journal::recover(&dir).map_err(|e| err(format!("cannot read the journal: {e}")))?;
+            journal::recover(&dir).map_err(SpoolError::open(&dir, "cannot read the journal"))?;
         let previous_instances = read_instances(&dir)
-            .map_err(|e| err(format!("cannot read {INSTANCES_FILE}: {e}")))?
+            .map_err(SpoolError::open(&dir, "cannot read the instances file"))?
             .into_iter()
             .filter(|id| *id != instance)
             .collect::<Vec<_>>();
         let mut all = previous_instances.clone();
         all.push(instance);
         write_instances(&dir, &all)
-            .map_err(|e| err(format!("cannot write {INSTANCES_FILE}: {e}")))?;
+            .map_err(SpoolError::open(&dir, "cannot write the instances file"))?;
 
         let opened = Opened {
             records: segments.iter().map(|s| s.records).sum(),
@@ -172,9 +179,7 @@ impl Spool {
             previous_instances,
         };
         let next_seq = segments.last().map_or(1, |s| s.seq + 1);
-        metrics
-            .spool_torn
-            .fetch_add(torn_segments, Ordering::Relaxed);
+        metrics.spool_torn.inc_by(torn_segments);
         let shared = Arc::new(Shared {
             dir: dir.clone(),
             max_bytes: cfg.max_bytes,
@@ -186,14 +191,8 @@ impl Spool {
         });
         // The gauges are the journal's size: what it holds (sealed segments plus the active
         // one), kept up to date by the appender and the replayer.
-        shared
-            .metrics
-            .spool_bytes
-            .store(opened.bytes, Ordering::Relaxed);
-        shared
-            .metrics
-            .spool_records
-            .store(opened.records, Ordering::Relaxed);
+        shared.metrics.spool_bytes.set(opened.bytes);
+        shared.metrics.spool_records.set(opened.records);
         #[expect(
             clippy::disallowed_methods,
             reason = "bounded by the requests in flight"
@@ -236,8 +235,8 @@ impl Spool {
                 .map_err(|_| SpoolError::Closed)
         });
         if let Err(e) = sent {
-            Metrics::inc(&self.shared.metrics.spool_failed);
-            tracing::error!(error = %e, "record not spooled");
+            self.shared.metrics.spool_failed.inc();
+            tracing::error!(error = %Chain(&e), "record not spooled");
         }
     }
 
@@ -256,7 +255,7 @@ impl Spool {
 
     /// Records waiting for replay.
     pub fn records(&self) -> u64 {
-        self.shared.metrics.spool_records.load(Ordering::Relaxed)
+        self.shared.metrics.spool_records.get()
     }
 
     /// Resolves when an append or an engagement wants the replayer.
@@ -279,8 +278,8 @@ impl Spool {
         fs::remove_file(&seg.path)?;
         lock(&self.shared.sealed).retain(|s| s.seq != seg.seq);
         let m = &self.shared.metrics;
-        m.spool_bytes.fetch_sub(seg.bytes, Ordering::Relaxed);
-        m.spool_records.fetch_sub(seg.records, Ordering::Relaxed);
+        m.spool_bytes.dec_by(seg.bytes);
+        m.spool_records.dec_by(seg.records);
         Ok(())
     }
 
@@ -316,13 +315,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn encode(record: &Record) -> Result<Vec<u8>, SpoolError> {
-    let bytes = serde_json::to_vec(record)
-        .map_err(|e| SpoolError::Io(format!("cannot encode record: {e}")))?;
+    let bytes = serde_json::to_vec(record).map_err(|e| SpoolError::Encode(Arc::new(e)))?;
     if bytes.len() > journal::MAX_PAYLOAD as usize {
-        return Err(SpoolError::Io(format!(
-            "record of {} bytes exceeds the journal's frame limit",
-            bytes.len()
-        )));
+        return Err(SpoolError::TooLarge(bytes.len()));
     }
     Ok(bytes)
 }
@@ -375,7 +370,7 @@ async fn append_loop(
                 retry = keep_for_retry(failed, &shared);
             }
             Err(e) => {
-                tracing::error!(error = %e, "spool appender failed");
+                tracing::error!(error = %Chain(&e), "spool appender failed");
                 return;
             }
         }
@@ -425,7 +420,7 @@ fn give_up(cmds: &[Cmd], shared: &Shared, why: &str) {
         return;
     }
     let n = cmds.len() as u64;
-    shared.metrics.spool_failed.fetch_add(n, Ordering::Relaxed);
+    shared.metrics.spool_failed.inc_by(n);
     tracing::error!(records = n, why, "final updates not spooled");
 }
 
@@ -460,28 +455,24 @@ impl Pending {
         let n = self.records;
         let result = active
             .append(&self.buf, n)
-            .map_err(|e| SpoolError::Io(e.to_string()));
+            .map_err(|e| SpoolError::Io(Arc::new(e)));
         match &result {
             Ok(()) => {
                 let m = &shared.metrics;
-                m.spool_bytes
-                    .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
-                m.spool_records.fetch_add(n, Ordering::Relaxed);
-                m.spooled.fetch_add(n, Ordering::Relaxed);
+                m.spool_bytes.inc_by(self.buf.len() as u64);
+                m.spool_records.inc_by(n);
+                m.spooled.inc_by(n);
                 self.detached.clear();
             }
             Err(e) => {
                 let acked = self.waiting.len() as u64;
-                shared
-                    .metrics
-                    .spool_failed
-                    .fetch_add(acked, Ordering::Relaxed);
-                tracing::error!(error = %e, records = n, "spool journal write failed");
+                shared.metrics.spool_failed.inc_by(acked);
+                tracing::error!(error = %Chain(e), records = n, "spool journal write failed");
                 failed.append(&mut self.detached);
             }
         }
         for w in self.waiting.drain(..) {
-            acks.push((w, clone_result(&result)));
+            acks.push((w, result.clone()));
         }
         self.buf.clear();
         self.records = 0;
@@ -513,20 +504,19 @@ fn write_group(
         match cmd {
             Cmd::Append(payload, finish, ack) => {
                 let size = journal::frame_len(payload.len());
-                let used =
-                    shared.metrics.spool_bytes.load(Ordering::Relaxed) + pending.buf.len() as u64;
+                let used = shared.metrics.spool_bytes.get() + pending.buf.len() as u64;
                 let limit = match finish {
                     true => shared.max_bytes,
                     false => shared.pending_limit,
                 };
                 if used + size > limit {
-                    Metrics::inc(&shared.metrics.spool_full);
+                    shared.metrics.spool_full.inc();
                     let e = SpoolError::Full {
                         max_bytes: shared.max_bytes,
                     };
                     match ack {
                         Some(ack) => acks.push((ack, Err(e))),
-                        None => tracing::error!(error = %e, "record not spooled"),
+                        None => tracing::error!(error = %Chain(&e), "record not spooled"),
                     }
                     continue;
                 }
@@ -554,13 +544,6 @@ fn write_group(
     (acks, failed)
 }
 
-fn clone_result(r: &Result<(), SpoolError>) -> Result<(), SpoolError> {
-    match r {
-        Ok(()) => Ok(()),
-        Err(e) => Err(SpoolError::Io(e.to_string())),
-    }
-}
-
 /// What a spool directory holds, read without changing it (`trace-proxy spool status`).
 #[derive(Debug, Clone)]
 pub struct DirStatus {
@@ -585,25 +568,44 @@ impl DirStatus {
 /// Reads `dir` without taking it over: nothing is written, cut or locked for longer than a
 /// check.
 pub fn status(dir: &Path) -> Result<DirStatus, SpoolError> {
-    let err = |reason: String| SpoolError::Open {
-        dir: dir.to_owned(),
-        reason,
-    };
     if !dir.is_dir() {
-        return Err(err("no such directory".into()));
+        return Err(SpoolError::Open {
+            dir: dir.to_owned(),
+            what: "no such directory",
+            source: None,
+        });
     }
     let in_use = match File::open(dir.join(LOCK_FILE)) {
         Ok(f) => matches!(f.try_lock_shared(), Err(fs::TryLockError::WouldBlock)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => false,
-        Err(e) => return Err(err(format!("cannot open lock file: {e}"))),
+        Err(e) => return Err(SpoolError::open(dir, "cannot open the lock file")(e)),
     };
     Ok(DirStatus {
         dir: dir.to_owned(),
         in_use,
-        segments: journal::scan(dir).map_err(|e| err(format!("cannot read the journal: {e}")))?,
+        segments: journal::scan(dir).map_err(SpoolError::open(dir, "cannot read the journal"))?,
         instances: read_instances(dir)
-            .map_err(|e| err(format!("cannot read {INSTANCES_FILE}: {e}")))?,
+            .map_err(SpoolError::open(dir, "cannot read the instances file"))?,
     })
+}
+
+/// Opens `dir`'s lock file and locks it, or says that another process holds it.
+fn take_lock(dir: &Path) -> Result<File, SpoolError> {
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))
+        .map_err(SpoolError::open(dir, "cannot open the lock file"))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(fs::TryLockError::WouldBlock) => Err(SpoolError::Open {
+            dir: dir.to_owned(),
+            what: "in use by another trace-proxy process",
+            source: None,
+        }),
+        Err(fs::TryLockError::Error(e)) => Err(SpoolError::open(dir, "cannot lock")(e)),
+    }
 }
 
 fn read_instances(dir: &Path) -> io::Result<Vec<Uuid>> {
@@ -728,10 +730,7 @@ mod tests {
             spool.trim(seg).expect("trim");
         }
         assert_eq!(
-            (
-                spool.records(),
-                spool.shared.metrics.spool_bytes.load(Ordering::Relaxed)
-            ),
+            (spool.records(), spool.shared.metrics.spool_bytes.get()),
             (0, 0)
         );
         assert!(appender.close(std::time::Duration::from_secs(5)).await);
@@ -776,7 +775,7 @@ mod tests {
             .await
             .expect("a final update uses the reserve");
         assert_eq!(spool.records(), 3);
-        assert_eq!(metrics.spool_full.load(Ordering::Relaxed), 2);
+        assert_eq!(metrics.spool_full.get(), 2);
     }
 
     #[tokio::test]
@@ -806,11 +805,7 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         assert_eq!(spool.records(), 1, "the kept final update was not written");
-        assert_eq!(
-            metrics.spool_failed.load(Ordering::Relaxed),
-            1,
-            "only the pending row failed"
-        );
+        assert_eq!(metrics.spool_failed.get(), 1, "only the pending row failed");
         assert!(appender.close(std::time::Duration::from_secs(5)).await);
         let (_, _, opened) = open(&cfg, Uuid::now_v7());
         assert_eq!(opened.records, 1);

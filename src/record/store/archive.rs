@@ -312,14 +312,15 @@ pub enum RetentionError {
     /// Another replica (or a `trace-proxy retention run`) is in the middle of a pass.
     #[error("another retention pass holds the lock (another replica or `trace-proxy retention run`); nothing done")]
     Busy,
-    #[error("cannot get a database connection: {0}")]
-    Pool(String),
+    #[error("cannot get a database connection")]
+    Pool(#[source] deadpool_postgres::PoolError),
     /// A statement failed; every batch committed before it stays committed, and consistent.
-    #[error("retention {step} failed: {error} (committed before the failure: {done})")]
+    #[error("retention {step} failed (committed before the failure: {done})")]
     Db {
         step: &'static str,
-        error: String,
         done: String,
+        #[source]
+        source: tokio_postgres::Error,
     },
     #[error("{0} minus the retention period is outside the supported time range")]
     OutOfRange(NaiveDateTime),
@@ -510,15 +511,12 @@ pub async fn run_until(
     // PostgreSQL keeps microseconds; cut here so the cutoff compared is the cutoff reported.
     let now = now.trunc_subsecs(6);
     let mut report = Report::new(now, cutoffs(config, now)?, dry_run);
-    let mut conn = pool
-        .get()
-        .await
-        .map_err(|e| RetentionError::Pool(crate::error::error_chain(&e)))?;
+    let mut conn = pool.get().await.map_err(RetentionError::Pool)?;
     let class = i64::from(LOCK_CLASS);
     let locked: bool = conn
         .query_one(LOCK, &[&class])
         .await
-        .map_err(|e| db_error("lock", &e, &report))?
+        .map_err(|e| db_error("lock", e, &report))?
         .get(0);
     if !locked {
         return Err(RetentionError::Busy);
@@ -545,11 +543,11 @@ pub async fn run_until(
     }
 }
 
-fn db_error(step: &'static str, e: &tokio_postgres::Error, report: &Report) -> RetentionError {
+fn db_error(step: &'static str, e: tokio_postgres::Error, report: &Report) -> RetentionError {
     RetentionError::Db {
         step,
-        error: crate::error::error_chain(e),
         done: report.progress(),
+        source: e,
     }
 }
 
@@ -653,7 +651,7 @@ async fn batch(
     sql: &str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> Result<tokio_postgres::Row, RetentionError> {
-    let err = |e: tokio_postgres::Error| db_error(step, &e, report);
+    let err = |e: tokio_postgres::Error| db_error(step, e, report);
     let tx = conn.transaction().await.map_err(err)?;
     tx.batch_execute(BATCH_SETTINGS).await.map_err(err)?;
     let stmt = tx.prepare_cached(sql).await.map_err(err)?;
@@ -663,7 +661,7 @@ async fn batch(
 }
 
 async fn dry_run_counts(conn: &mut Object, report: &mut Report) -> Result<(), RetentionError> {
-    let err = |e: tokio_postgres::Error, r: &Report| db_error("dry run", &e, r);
+    let err = |e: tokio_postgres::Error, r: &Report| db_error("dry run", e, r);
     let tx = conn
         .build_transaction()
         .read_only(true)

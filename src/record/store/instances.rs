@@ -31,18 +31,19 @@ pub const BATCH_ROWS: i64 = 1_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecoveryError {
-    #[error("database pool: {0}")]
-    Pool(String),
-    #[error("database ({step}): {error}")]
-    Db { step: &'static str, error: String },
+    #[error("database pool")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database ({step})")]
+    Db {
+        step: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
 }
 
 impl RecoveryError {
     fn db(step: &'static str) -> impl Fn(tokio_postgres::Error) -> RecoveryError {
-        move |e| RecoveryError::Db {
-            step,
-            error: crate::error::error_chain(&e),
-        }
+        move |source| RecoveryError::Db { step, source }
     }
 }
 
@@ -119,10 +120,7 @@ pub async fn heartbeat(
     instance: Uuid,
     hostname: Option<&str>,
 ) -> Result<(), RecoveryError> {
-    let conn = pool
-        .get()
-        .await
-        .map_err(|e| RecoveryError::Pool(crate::error::error_chain(&e)))?;
+    let conn = pool.get().await.map_err(RecoveryError::Pool)?;
     conn.execute(HEARTBEAT, &[&instance, &hostname])
         .await
         .map_err(RecoveryError::db("heartbeat"))?;
@@ -137,10 +135,7 @@ pub async fn resolve_orphans(
     stale_after: Duration,
     stop: &CancellationToken,
 ) -> Result<u64, RecoveryError> {
-    let conn = pool
-        .get()
-        .await
-        .map_err(|e| RecoveryError::Pool(crate::error::error_chain(&e)))?;
+    let conn = pool.get().await.map_err(RecoveryError::Pool)?;
     let secs = stale_after.as_secs_f64();
     let mut total = 0u64;
     loop {
@@ -171,10 +166,7 @@ pub async fn resolve_orphans(
 /// at once (no staleness wait): used by a proxy restarted on the spool directory of a process
 /// that died, which therefore knows that process is gone. Returns the rows resolved.
 pub async fn resolve_instances(pool: &Pool, instances: &[Uuid]) -> Result<u64, RecoveryError> {
-    let conn = pool
-        .get()
-        .await
-        .map_err(|e| RecoveryError::Pool(crate::error::error_chain(&e)))?;
+    let conn = pool.get().await.map_err(RecoveryError::Pool)?;
     let n = conn
         .execute(&*RESOLVE_INSTANCES, &[&instances])
         .await
@@ -188,10 +180,7 @@ pub async fn resolve_instances(pool: &Pool, instances: &[Uuid]) -> Result<u64, R
 
 /// Deletes this instance's row (a graceful stop, every row final).
 pub async fn deregister(pool: &Pool, instance: Uuid) -> Result<(), RecoveryError> {
-    let conn = pool
-        .get()
-        .await
-        .map_err(|e| RecoveryError::Pool(crate::error::error_chain(&e)))?;
+    let conn = pool.get().await.map_err(RecoveryError::Pool)?;
     conn.execute(DEREGISTER, &[&instance])
         .await
         .map_err(RecoveryError::db("deregister"))?;

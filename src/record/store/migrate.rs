@@ -1,6 +1,8 @@
 //! Forward-only migrations from `sql/`, recorded in `trace_proxy_migrations`. One transaction
 //! under an advisory lock, so two proxies starting at once apply each migration exactly once.
 
+use std::sync::Arc;
+
 use tokio_postgres::Client;
 
 use super::StoreError;
@@ -83,7 +85,11 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, StoreError> {
         }
         tx.batch_execute(sql)
             .await
-            .map_err(|e| StoreError::Db(format!("migration {version} ({name}): {e}")))?;
+            .map_err(|e| StoreError::Migration {
+                version: *version,
+                name,
+                source: Arc::new(e),
+            })?;
         tx.execute(
             "INSERT INTO trace_proxy_migrations (version, name) VALUES ($1, $2)",
             &[version, name],

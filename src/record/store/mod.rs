@@ -23,39 +23,50 @@ use crate::config::DatabaseConfig;
 use crate::metrics::Metrics;
 use crate::trace::{AttemptFinish, AttemptStart};
 
-#[derive(Debug, thiserror::Error)]
+/// Why the store could not do something. Cloneable (sources behind `Arc`) because one failed
+/// batch answers every request waiting in it; the sources become text only where the error is
+/// logged or stored ([`crate::error::error_chain`]).
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    #[error("database pool: {0}")]
-    Pool(String),
-    #[error("database: {0}")]
-    Db(String),
+    #[error("database pool")]
+    Pool(#[source] Arc<deadpool_postgres::PoolError>),
+    #[error("database")]
+    Db(#[source] Arc<tokio_postgres::Error>),
     /// The server refused the data itself (SQLSTATE class 22 data exception or 23 integrity
     /// violation): sending it again cannot succeed.
-    #[error("database rejected the data: {0}")]
-    Rejected(String),
+    #[error("database rejected the data")]
+    Rejected(#[source] Arc<tokio_postgres::Error>),
+    #[error("migration {version} ({name})")]
+    Migration {
+        version: i32,
+        name: &'static str,
+        #[source]
+        source: Arc<tokio_postgres::Error>,
+    },
+    #[error("attempt number still contended after {0} rounds")]
+    Contended(usize),
     #[error("no commit within {0:?}")]
     Timeout(Duration),
     #[error("store writer stopped")]
     Closed,
-    #[error("pool setup: {0}")]
-    Setup(String),
+    #[error("pool setup")]
+    Setup(#[source] Arc<deadpool_postgres::BuildError>),
 }
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
-        let text = crate::error::error_chain(&e);
         match e.code().map(|c| c.code()) {
             Some(code) if code.starts_with("22") || code.starts_with("23") => {
-                StoreError::Rejected(text)
+                StoreError::Rejected(Arc::new(e))
             }
-            _ => StoreError::Db(text),
+            _ => StoreError::Db(Arc::new(e)),
         }
     }
 }
 
 impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        StoreError::Pool(crate::error::error_chain(&e))
+        StoreError::Pool(Arc::new(e))
     }
 }
 
@@ -152,7 +163,7 @@ fn pool_with(cfg: &DatabaseConfig, size: usize, session: &str) -> Result<Pool, S
         .recycle_timeout(Some(cfg.connect_timeout))
         .runtime(Runtime::Tokio1)
         .build()
-        .map_err(|e| StoreError::Setup(e.to_string()))
+        .map_err(|e| StoreError::Setup(Arc::new(e)))
 }
 
 /// Takes the final updates PostgreSQL refused (the recorder journals them).

@@ -11,7 +11,6 @@
 //! round, so numbers stay distinct and gap-free.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -25,6 +24,7 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::{Op, StoreError};
+use crate::error::Chain;
 use crate::metrics::Metrics;
 use crate::trace::{AttemptFinish, AttemptStart, Status};
 
@@ -163,11 +163,9 @@ async fn run(ctx: Arc<Ctx>, rx: Arc<Mutex<mpsc::UnboundedReceiver<Op>>>) {
                 }
             }
         }
-        Metrics::inc(&metrics.writer_batches);
+        metrics.writer_batches.inc();
         metrics.writer_batch_ops.observe(batch.len() as u64);
-        metrics
-            .writer_ops
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        metrics.writer_ops.inc_by(batch.len() as u64);
         write_batch(&ctx, &mut batch).await;
         batch.clear();
     }
@@ -291,11 +289,11 @@ impl Inserts {
             let Some(&i) = index.get(&id) else { continue };
             match std::mem::replace(&mut self.waiters[i], Waiter::Answered) {
                 Waiter::Request(done) => {
-                    metrics.rows_started.fetch_add(1, Ordering::Relaxed);
+                    metrics.rows_started.inc_by(1);
                     let _ = done.send(Ok(number));
                 }
                 Waiter::Replay => {
-                    metrics.rows_started.fetch_add(1, Ordering::Relaxed);
+                    metrics.rows_started.inc_by(1);
                 }
                 Waiter::Answered => {}
             }
@@ -314,7 +312,7 @@ impl Inserts {
             let Waiter::Request(done) = std::mem::replace(w, Waiter::Answered) else {
                 continue;
             };
-            let _ = done.send(Err(StoreError::Db(e.to_string())));
+            let _ = done.send(Err(e.clone()));
         }
     }
 }
@@ -425,7 +423,7 @@ async fn write_batch(ctx: &Ctx, batch: &mut Vec<Op>) {
         Ok(c) => c,
         Err(e) => {
             let e = StoreError::from(e);
-            tracing::warn!(error = %e, inserts = ins.id.len(), finishes = fin.id.len(), "store unavailable");
+            tracing::warn!(error = %Chain(&e), inserts = ins.id.len(), finishes = fin.id.len(), "store unavailable");
             ins.fail(&e);
             ctx.unwritten_finishes(fin, &e);
             return;
@@ -464,7 +462,7 @@ async fn write_batch(ctx: &Ctx, batch: &mut Vec<Op>) {
         };
         let (written, marked) = tokio::join!(write, mark);
         if let Err(e) = marked {
-            tracing::warn!(error = %StoreError::from(e), rows = progress.len(), "in_progress update failed");
+            tracing::warn!(error = %Chain(&StoreError::from(e)), rows = progress.len(), "in_progress update failed");
         }
         let rows = written?;
         ins.resolve(&rows, metrics);
@@ -473,12 +471,10 @@ async fn write_batch(ctx: &Ctx, batch: &mut Vec<Op>) {
     .await;
     match written {
         Ok(Ok(())) => {
-            metrics
-                .rows_finished
-                .fetch_add(fin.id.len() as u64, Ordering::Relaxed);
+            metrics.rows_finished.inc_by(fin.id.len() as u64);
         }
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, inserts = ins.id.len(), "batch not written");
+            tracing::warn!(error = %Chain(&e), inserts = ins.id.len(), "batch not written");
             ins.fail(&e);
             // A failed statement changed nothing: the finishes were not applied either, unless
             // only the renumbering failed, in which case applying them again is harmless.
@@ -488,7 +484,7 @@ async fn write_batch(ctx: &Ctx, batch: &mut Vec<Op>) {
             // The statement may still commit on a server that is merely slow; the row ids make
             // any later copy of it (replayed from the spool) a no-op, never a second row.
             let e = StoreError::Timeout(ctx.deadline);
-            tracing::warn!(error = %e, inserts = ins.id.len(), "batch timed out; connection discarded");
+            tracing::warn!(error = %Chain(&e), inserts = ins.id.len(), "batch timed out; connection discarded");
             drop(deadpool_postgres::Object::take(client));
             ins.fail(&e);
             ctx.unwritten_finishes(fin, &e);
@@ -507,11 +503,9 @@ impl Ctx {
             refused(fin.into_finishes());
             return;
         }
-        self.metrics
-            .finish_failed
-            .fetch_add(fin.id.len() as u64, Ordering::Relaxed);
+        self.metrics.finish_failed.inc_by(fin.id.len() as u64);
         for id in &fin.id {
-            tracing::error!(row_id = %id, error = %e, "final update not recorded");
+            tracing::error!(row_id = %id, error = %Chain(e), "final update not recorded");
         }
     }
 }
@@ -535,9 +529,7 @@ pub(super) async fn replay(
         ins.resolve(&rows, metrics);
         let stored = renumber(client, &mut ins, metrics).await?;
         // Timed-out inserts that committed after all, or a replay repeated: never a second row.
-        metrics
-            .replay_already_stored
-            .fetch_add(stored, Ordering::Relaxed);
+        metrics.replay_already_stored.inc_by(stored);
     }
     let mut fin = Finishes::default();
     for f in finishes {
@@ -548,7 +540,7 @@ pub(super) async fn replay(
     }
     let stmt = client.prepare_cached(FINISH.as_str()).await?;
     let n = client.execute(&stmt, &fin.params()).await?;
-    metrics.rows_finished.fetch_add(n, Ordering::Relaxed);
+    metrics.rows_finished.inc_by(n);
     Ok(n)
 }
 
@@ -586,7 +578,5 @@ async fn renumber(
             ins.redactions[i] = retry.redactions[k].take();
         }
     }
-    Err(StoreError::Db(format!(
-        "attempt number still contended after {MAX_ROUNDS} rounds"
-    )))
+    Err(StoreError::Contended(MAX_ROUNDS))
 }

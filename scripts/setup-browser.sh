@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Makes sure the Memory Explorer's browser test (tests/it/ui.rs, driving tests/browser/explorer.mjs)
-# can run: Debian's `chromium` at /usr/bin/chromium, `node`, and tests/browser/node_modules
-# (playwright-core, pinned by tests/browser/package-lock.json; `npx playwright install` is never
-# used — the distribution's browser is). Installs what is missing: packages with apt-get (as
-# root), node_modules with `npm ci` (again whenever package-lock.json changes).
-# With CI set, anything that cannot be installed fails the run; locally it is a warning and the
-# browser test skips, saying so.
+# Makes sure the tests that drive node programs can run: the Memory Explorer's browser test
+# (tests/it/ui.rs, driving tests/browser/explorer.mjs) needs Debian's `chromium` at
+# /usr/bin/chromium, `node`, and tests/browser/node_modules (playwright-core, pinned by
+# tests/browser/package-lock.json; `npx playwright install` is never used — the distribution's
+# browser is); the MCP test's external client (tests/it/mcp.rs) needs tests/mcp-client/node_modules
+# (the MCP Inspector CLI, pinned by its package-lock.json). Installs what is missing: packages
+# with apt-get (as root), node_modules with `npm ci` (again whenever a package-lock.json changes).
+# With CI set, anything that cannot be installed fails the run; locally it is a warning and those
+# tests skip, saying so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +16,7 @@ fail() {
     if [ -n "${CI:-}" ]; then
         exit 1
     fi
-    echo "setup-browser: continuing without it; the browser test will be skipped (set CI to make this an error)" >&2
+    echo "setup-browser: continuing without it; the tests that need it will be skipped (set CI to make this an error)" >&2
     exit 0
 }
 
@@ -36,10 +38,14 @@ if [ "${#packages[@]}" -gt 0 ]; then
     fi
 fi
 
-dir=tests/browser
-stamp="$dir/node_modules/.trace-proxy-package-lock.json"
-if ! cmp -s "$dir/package-lock.json" "$stamp" || [ ! -d "$dir/node_modules/playwright-core" ]; then
-    echo "setup-browser: npm ci in $dir"
-    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) || fail "npm ci failed in $dir"
-    cp "$dir/package-lock.json" "$stamp"
-fi
+# Each directory's node_modules, installed from its lock file; `marker` is a module it must hold.
+for entry in tests/browser:playwright-core tests/mcp-client:@modelcontextprotocol/inspector; do
+    dir=${entry%%:*}
+    marker=${entry#*:}
+    stamp="$dir/node_modules/.trace-proxy-package-lock.json"
+    if ! cmp -s "$dir/package-lock.json" "$stamp" || [ ! -d "$dir/node_modules/$marker" ]; then
+        echo "setup-browser: npm ci in $dir"
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) || fail "npm ci failed in $dir"
+        cp "$dir/package-lock.json" "$stamp"
+    fi
+done

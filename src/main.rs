@@ -56,6 +56,10 @@ enum Command {
         #[command(subcommand)]
         query: trace_proxy::api::cli::TracesCommand,
     },
+    /// Serve the trace queries as Model Context Protocol tools over stdin/stdout, for an agent
+    /// on this machine (read-only; logs go to stderr). The admin listener serves the same
+    /// tools at /mcp.
+    Mcp,
     /// The spool journal of `[spool] dir` (records kept while PostgreSQL was unavailable).
     Spool {
         #[command(subcommand)]
@@ -133,6 +137,7 @@ fn main() -> ExitCode {
                 action: RetentionAction::Run { now, dry_run },
             } => retention_run(&config, now, dry_run).await,
             Command::Traces { query } => traces(&config, query).await,
+            Command::Mcp => mcp(&config).await,
             Command::Spool { action } => spool(&config, action).await,
             _ => serve(config).await,
         }
@@ -238,6 +243,16 @@ async fn traces(
     query: trace_proxy::api::cli::TracesCommand,
 ) -> Result<(), Box<dyn std::error::Error>> {
     print!("{}", trace_proxy::api::cli::run(config, query).await?);
+    Ok(())
+}
+
+/// `mcp`: the MCP tools over stdio until the client closes stdin.
+async fn mcp(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
+    let pool = trace_proxy::api::query_pool(config)?;
+    let metrics = Arc::new(trace_proxy::metrics::Metrics::default());
+    let probe = trace_proxy::record::Probe::database_only(pool.clone(), metrics.clone());
+    let state = trace_proxy::api::ApiState::queries(pool, &config.admin, metrics, probe);
+    trace_proxy::api::mcp::serve_stdio(Arc::new(state)).await?;
     Ok(())
 }
 

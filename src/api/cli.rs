@@ -12,6 +12,7 @@ use super::params::MAX_LIMIT;
 use super::render::{PayloadMode, Projection};
 use crate::config::Config;
 use crate::diff::{AttemptDiff, FieldChange};
+use crate::insight::bundle;
 use crate::store::query::{self, GroupBy, Page, QueryError};
 use crate::store::StoreError;
 use crate::trace::{iso_utc, TraceRow};
@@ -51,6 +52,28 @@ pub enum TracesCommand {
         trace_id: String,
         #[command(flatten)]
         out: Output,
+    },
+    /// Why a trace failed, as JSON: its chain and diff, the error, how often the workflow
+    /// failed so, and what differs from its last success (GET /api/traces/{traceId}/explain).
+    Explain {
+        /// The trace id (the `X-Trace-Id` every attempt of one request shares).
+        trace_id: String,
+    },
+    /// Failures of a window grouped by workflow, error code and normalized detail, as JSON
+    /// (GET /api/failures/recurring).
+    Recurring {
+        /// Window start, RFC 3339 (default: 24 h before --until).
+        #[arg(long, value_parser = time_arg)]
+        since: Option<NaiveDateTime>,
+        /// Window end, RFC 3339 (default: now).
+        #[arg(long, value_parser = time_arg)]
+        until: Option<NaiveDateTime>,
+    },
+    /// What successful requests of a workflow look like, as JSON
+    /// (GET /api/workflows/{workflowId}/patterns).
+    Patterns {
+        /// The workflow id (`X-Workflow-Id`, or the one derived from the n8n URL).
+        workflow_id: String,
     },
     /// Counts, failure rate, p50/p95 duration per group (GET /api/stats).
     Stats {
@@ -184,6 +207,9 @@ pub async fn run(config: &Config, cmd: TracesCommand) -> Result<String, CliError
             }
             Ok(diff_text(&trace_id, &rows))
         }
+        TracesCommand::Explain { .. }
+        | TracesCommand::Recurring { .. }
+        | TracesCommand::Patterns { .. } => agent(client, cmd).await,
         TracesCommand::Stats {
             since,
             until,
@@ -205,6 +231,31 @@ pub async fn run(config: &Config, cmd: TracesCommand) -> Result<String, CliError
             Ok(stats_text(&s, since, until, group_by))
         }
     }
+}
+
+/// `traces explain|recurring|patterns`: an agent bundle as JSON (no byte budget).
+async fn agent(client: &tokio_postgres::Client, cmd: TracesCommand) -> Result<String, CliError> {
+    let bundle = match cmd {
+        TracesCommand::Explain { trace_id } => {
+            match bundle::explain(client, &trace_id, crate::trace::now_utc()).await? {
+                Some(e) => to_value(&e),
+                None => return Err(CliError::NotFound(format!("no trace {trace_id:?}"))),
+            }
+        }
+        TracesCommand::Recurring { since, until } => {
+            let until = until.unwrap_or_else(crate::trace::now_utc);
+            let since = since.unwrap_or(until - chrono::TimeDelta::days(1));
+            if since >= until {
+                return Err(CliError::Window);
+            }
+            to_value(&bundle::recurring(client, since, until).await?)
+        }
+        TracesCommand::Patterns { workflow_id } => {
+            to_value(&bundle::patterns(client, &workflow_id).await?)
+        }
+        _ => Value::Null,
+    };
+    Ok(pretty(&bundle))
 }
 
 /// `traces chain`: the attempts of one trace.
@@ -264,6 +315,11 @@ fn projection(out: &Output) -> Projection {
         payloads: out.payloads,
         fields: None,
     }
+}
+
+/// A bundle as JSON (its types serialize infallibly: strings, numbers, maps with string keys).
+fn to_value<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
 fn pretty(v: &Value) -> String {

@@ -18,12 +18,14 @@
 //! | `GET /api/stats` | counts, failure rate, p50/p95 duration |
 //! | `GET /api/overview` | one window in buckets, top failures, unfinished now ([`overview`]) |
 //! | `GET /api/openapi.json` | OpenAPI 3.1 description of the above |
+//! | `POST /mcp` | the same queries as MCP tools over Streamable HTTP ([`mcp`]; bearer token only) |
 //! | `GET /`, `/ui/...`, `POST /ui/signin`, `/ui/signout` | the Memory Explorer ([`ui`]) |
 //!
 //! `/api` takes the bearer token or an explorer session cookie ([`session`]).
 
 mod agent;
 pub mod cli;
+pub mod mcp;
 mod openapi;
 mod overview;
 pub mod params;
@@ -77,6 +79,8 @@ pub struct ApiState {
     explorer: ui::Explorer,
     /// The current overview windows, kept briefly (`overview`).
     overviews: Arc<overview::OverviewCache>,
+    /// `/mcp`, with its own state of budget `admin.mcp_max_response_bytes`.
+    mcp: Option<(mcp::McpHttp, usize)>,
 }
 
 impl ApiState {
@@ -86,6 +90,12 @@ impl ApiState {
         metrics: Arc<Metrics>,
         readiness: Probe,
     ) -> ApiState {
+        let tools = Arc::new(ApiState::queries(
+            pool.clone(),
+            admin,
+            metrics.clone(),
+            readiness.clone(),
+        ));
         ApiState {
             pool,
             token: admin.token.clone(),
@@ -94,6 +104,27 @@ impl ApiState {
             readiness,
             explorer: ui::Explorer::new(admin),
             overviews: Arc::default(),
+            mcp: Some((mcp::McpHttp::new(tools), admin.mcp_max_response_bytes)),
+        }
+    }
+
+    /// A state for the MCP tools: the queries of `/api` with the MCP budget, no `/mcp` of its
+    /// own.
+    pub fn queries(
+        pool: Pool,
+        admin: &crate::config::AdminConfig,
+        metrics: Arc<Metrics>,
+        readiness: Probe,
+    ) -> ApiState {
+        ApiState {
+            pool,
+            token: admin.token.clone(),
+            budget: admin.mcp_max_response_bytes,
+            metrics,
+            readiness,
+            explorer: ui::Explorer::new(admin),
+            overviews: Arc::default(),
+            mcp: None,
         }
     }
 }
@@ -197,9 +228,9 @@ impl From<deadpool_postgres::PoolError> for ApiError {
     }
 }
 
-/// The one error → HTTP mapping of the admin API.
-fn error_response(e: &ApiError) -> Resp {
-    let (status, code) = match e {
+/// The one error → HTTP status and error code mapping of the admin API (and of MCP tool errors).
+fn error_status(e: &ApiError) -> (StatusCode, &'static str) {
+    match e {
         ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
         ApiError::Unauthorized | ApiError::WrongToken => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
         ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "FORBIDDEN"),
@@ -210,7 +241,11 @@ fn error_response(e: &ApiError) -> Resp {
         ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
         ApiError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "QUERY_TIMEOUT"),
         ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE"),
-    };
+    }
+}
+
+fn error_response(e: &ApiError) -> Resp {
+    let (status, code) = error_status(e);
     let mut resp = json_response(
         status,
         &json!({"error": {"code": code, "message": e.to_string()}}),
@@ -257,14 +292,20 @@ fn json_response(status: StatusCode, body: &Value) -> Resp {
 /// Answers one admin request from `peer`. Only an explorer sign-in reads a request body.
 pub async fn handle<B>(state: &ApiState, peer: IpAddr, req: Request<B>) -> Resp
 where
-    B: http_body::Body<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display,
 {
     let started = Instant::now();
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let mut resp = match path.as_str() {
         "/healthz" | "/readyz" | "/metrics" => platform(state, &req).await,
         p if ui::serves(p) => ui::handle(state, peer, req).await,
+        "/mcp" => match (&state.mcp, state.token.is_some(), bearer(state, &req)) {
+            (_, false, _) => error_response(&ApiError::Disabled),
+            (_, true, false) => error_response(&ApiError::Unauthorized),
+            (Some((mcp, budget)), true, true) => mcp.handle(req, *budget).await,
+            (None, true, true) => error_response(&ApiError::NotFound("no MCP here".into())),
+        },
         _ => match &route(state, &req).await {
             Ok(body) => json_response(StatusCode::OK, body),
             Err(e) => error_response(e),
@@ -358,9 +399,18 @@ async fn route<B>(state: &ApiState, req: &Request<B>) -> Result<Value, ApiError>
         seg.push(params::decode_segment(s).map_err(ApiError::BadRequest)?);
     }
     let seg: Vec<&str> = seg.iter().map(String::as_str).collect();
-    let query = req.uri().query();
+    dispatch(state, &seg, req.uri().query()).await
+}
+
+/// Answers the query route of the decoded path segments `seg` (`["api", "traces", id]`): the
+/// one implementation behind `/api` and the MCP tools.
+pub(crate) async fn dispatch(
+    state: &ApiState,
+    seg: &[&str],
+    query: Option<&str>,
+) -> Result<Value, ApiError> {
     let bad = ApiError::BadRequest;
-    match seg.as_slice() {
+    match seg {
         ["api", "traces"] => search(state, query).await,
         ["api", "traces", id] => chain(state, id, query).await,
         ["api", "traces", id, "diff"] => diff(state, id, query).await,
@@ -389,8 +439,8 @@ async fn route<B>(state: &ApiState, req: &Request<B>) -> Result<Value, ApiError>
             Ok(openapi::document())
         }
         _ => Err(ApiError::NotFound(format!(
-            "no such endpoint: {}; see /api/openapi.json",
-            req.uri().path()
+            "no such endpoint: /{}; see /api/openapi.json",
+            seg.join("/")
         ))),
     }
 }

@@ -31,6 +31,7 @@ pub struct RawAdmin {
     pub pool_size: usize,
     pub statement_timeout: Dur,
     pub max_response_bytes: u64,
+    pub mcp_max_response_bytes: u64,
     pub session_ttl: Dur,
     pub n8n_execution_url: String,
 }
@@ -43,6 +44,7 @@ impl Default for RawAdmin {
             pool_size: 2,
             statement_timeout: Dur::secs(2),
             max_response_bytes: 1_048_576,
+            mcp_max_response_bytes: 65_536,
             session_ttl: Dur::secs(12 * 3600),
             n8n_execution_url: String::new(),
         }
@@ -91,6 +93,9 @@ pub struct AdminConfig {
     pub pool_size: usize,
     pub statement_timeout: Duration,
     pub max_response_bytes: usize,
+    /// The byte budget of one MCP tool answer (`trace-proxy mcp`, `/mcp`): smaller than the
+    /// API's, since the answer goes into a model's context.
+    pub mcp_max_response_bytes: usize,
     /// How long a Memory Explorer sign-in lasts (absolute, from sign-in).
     pub session_ttl: Duration,
     /// Link template for an n8n execution in n8n's own UI: an `http(s)` URL containing
@@ -132,16 +137,20 @@ pub(super) fn check(r: &RawAdmin, p: &mut Problems) -> Option<AdminConfig> {
         );
     }
     p.positive("admin.statement_timeout", r.statement_timeout.millis());
-    if !BUDGET_RANGE.contains(&r.max_response_bytes) {
-        p.at(
-            "admin.max_response_bytes",
-            format!(
-                "({}) must be between {} and {}",
-                r.max_response_bytes,
-                BUDGET_RANGE.start(),
-                BUDGET_RANGE.end()
-            ),
-        );
+    for (key, v) in [
+        ("admin.max_response_bytes", r.max_response_bytes),
+        ("admin.mcp_max_response_bytes", r.mcp_max_response_bytes),
+    ] {
+        if !BUDGET_RANGE.contains(&v) {
+            p.at(
+                key,
+                format!(
+                    "({v}) must be between {} and {}",
+                    BUDGET_RANGE.start(),
+                    BUDGET_RANGE.end()
+                ),
+            );
+        }
     }
     if !SESSION_TTL.contains(&r.session_ttl) {
         p.at(
@@ -161,6 +170,7 @@ pub(super) fn check(r: &RawAdmin, p: &mut Problems) -> Option<AdminConfig> {
         pool_size: r.pool_size,
         statement_timeout: r.statement_timeout.0,
         max_response_bytes: usize::try_from(r.max_response_bytes).unwrap_or(usize::MAX),
+        mcp_max_response_bytes: usize::try_from(r.mcp_max_response_bytes).unwrap_or(usize::MAX),
         session_ttl: r.session_ttl.0,
         n8n_execution_url,
     })

@@ -78,6 +78,15 @@ pub struct Probe {
 }
 
 impl Probe {
+    /// A probe of the database alone (a process without a journal, such as `trace-proxy mcp`).
+    pub fn database_only(pool: Pool, metrics: Arc<Metrics>) -> Probe {
+        Probe {
+            pool,
+            metrics,
+            spool_pending_limit: None,
+        }
+    }
+
     /// PostgreSQL answers `SELECT 1` within [`READY_DEADLINE`]: ready. Otherwise ready only
     /// while the journal (if any) has room for a large record.
     pub async fn ready(&self) -> Readiness {

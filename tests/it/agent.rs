@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-const TOKEN: &str = "test-admin-token-0123456789";
+pub(crate) const TOKEN: &str = "test-admin-token-0123456789";
 
 async fn get(admin: std::net::SocketAddr, path: &str, token: Option<&str>) -> (u16, Value) {
     let mut req = Request::get(format!("http://{admin}{path}"));
@@ -22,9 +22,13 @@ async fn get(admin: std::net::SocketAddr, path: &str, token: Option<&str>) -> (u
     (parts.status.as_u16(), v)
 }
 
-#[tokio::test]
-async fn explain_recurring_and_patterns_tell_the_payload_change_story() {
-    let db = TestDb::new().await;
+/// A proxy with the admin token whose `orders` workflow succeeded three times with `customer`
+/// as an object, then failed twice (422) once it became a string. Returns the running proxy
+/// and its configuration, and the failed trace ids, oldest first.
+pub(crate) async fn payload_change_story(
+    db: &TestDb,
+    admin_extra: &str,
+) -> (Proxy, String, Vec<String>) {
     let (up, _) = counting_upstream(|n| async move {
         if n < 3 {
             Response::new(full(r#"{"ok":true}"#))
@@ -36,9 +40,12 @@ async fn explain_recurring_and_patterns_tell_the_payload_change_story() {
         }
     })
     .await;
-    let toml = config(&db, up, &format!("[admin]\ntoken = \"{TOKEN}\"\n"));
+    let toml = config(
+        db,
+        up,
+        &format!("[admin]\ntoken = \"{TOKEN}\"\n{admin_extra}"),
+    );
     let running = Proxy::start_with_admin(&toml).await;
-    let admin = running.admin.expect("admin listener");
     let url = format!("http://{}/webhook/orders", running.addr);
     let good = [
         r#"{"order":1,"customer":{"name":"Ann","tier":"gold"},"qty":1}"#,
@@ -63,6 +70,14 @@ async fn explain_recurring_and_patterns_tell_the_payload_change_story() {
         db.final_rows(&t, 1).await;
         failed.push(t);
     }
+    (running, toml, failed)
+}
+
+#[tokio::test]
+async fn explain_recurring_and_patterns_tell_the_payload_change_story() {
+    let db = TestDb::new().await;
+    let (running, toml, failed) = payload_change_story(&db, "").await;
+    let admin = running.admin.expect("admin listener");
     let last = &failed[1];
 
     // The token is required, as on every /api route.
@@ -134,12 +149,45 @@ async fn explain_recurring_and_patterns_tell_the_payload_change_story() {
     assert_eq!(status, 400);
     let (status, _) = get(admin, "/api/failures/recurring?bogus=1", Some(TOKEN)).await;
     assert_eq!(status, 400);
+
+    // The CLI front-end answers the same bundles.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, &toml).expect("config");
+    let cli = |args: Vec<String>| {
+        let path = path.clone();
+        async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_trace-proxy"))
+                .arg("--config")
+                .arg(&path)
+                .arg("traces")
+                .args(&args)
+                .output()
+                .await
+                .expect("run trace-proxy traces");
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            (out.status.code(), v)
+        }
+    };
+    let (code, ce) = cli(vec!["explain".into(), last.clone()]).await;
+    assert_eq!(code, Some(0), "{ce}");
+    assert_eq!(ce["lastSuccess"], e["lastSuccess"]);
+    assert_eq!(ce["history"], e["history"]);
+    let (code, cr) = cli(vec!["recurring".into()]).await;
+    assert_eq!(code, Some(0), "{cr}");
+    assert_eq!(cr["groups"], r["groups"]);
+    let (code, cp) = cli(vec!["patterns".into(), wf.to_owned()]).await;
+    assert_eq!(code, Some(0), "{cp}");
+    assert_eq!(cp["requiredKeys"], p["requiredKeys"]);
+    let (code, _) = cli(vec!["explain".into(), "no-such-trace".into()]).await;
+    assert_eq!(code, Some(1));
     running.stop().await;
 }
 
-#[tokio::test]
-async fn bundles_stay_within_the_byte_budget_on_large_payloads() {
-    let db = TestDb::new().await;
+/// A proxy with the admin token (and `admin_extra`) and one trace of three failed attempts, each
+/// with a 45 KB request payload stored whole: more than a 64 KiB budget. Returns the proxy and
+/// the trace id.
+pub(crate) async fn large_payload_trace(db: &TestDb, admin_extra: &str) -> (Proxy, String) {
     let (up, _) = counting_upstream(|_| async move {
         Response::builder()
             .status(500)
@@ -147,16 +195,14 @@ async fn bundles_stay_within_the_byte_budget_on_large_payloads() {
             .expect("response")
     })
     .await;
-    let budget = 65_536;
     let toml = config(
-        &db,
+        db,
         up,
-        &format!("[admin]\ntoken = \"{TOKEN}\"\nmax_response_bytes = {budget}\n"),
+        &format!("[admin]\ntoken = \"{TOKEN}\"\n{admin_extra}"),
     )
-    // Payloads stored whole (the test default keeps 1 KiB), so three attempts exceed the budget.
+    // Payloads stored whole (the test default keeps 1 KiB).
     .replace("max_payload_bytes = 1024", "max_payload_bytes = 262144");
     let running = Proxy::start_with_admin(&toml).await;
-    let admin = running.admin.expect("admin listener");
     let url = format!("http://{}/webhook/big", running.addr);
     let body: &'static str = Box::leak(
         serde_json::to_string(&json!((0..400)
@@ -170,6 +216,15 @@ async fn bundles_stay_within_the_byte_budget_on_large_payloads() {
         send(post(&url, &t, body)).await;
     }
     db.final_rows(&t, 3).await;
+    (running, t)
+}
+
+#[tokio::test]
+async fn bundles_stay_within_the_byte_budget_on_large_payloads() {
+    let db = TestDb::new().await;
+    let budget = 65_536;
+    let (running, t) = large_payload_trace(&db, &format!("max_response_bytes = {budget}\n")).await;
+    let admin = running.admin.expect("admin listener");
     let (status, e) = get(admin, &format!("/api/traces/{t}/explain"), Some(TOKEN)).await;
     assert_eq!(status, 200, "{e}");
     assert_eq!(e["truncated"], true, "{} bytes", e.to_string().len());

@@ -18,6 +18,7 @@ mod cluster;
 mod container;
 mod failures;
 mod health;
+mod mcp;
 mod outage;
 mod process;
 mod protocol;

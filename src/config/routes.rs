@@ -30,6 +30,27 @@ pub struct RawRoute {
     #[serde(skip_serializing_if = "RawRouteSanitize::is_empty")]
     pub sanitize: RawRouteSanitize,
     pub retry: RawRetry,
+    #[serde(skip_serializing_if = "RawTimeouts::is_empty")]
+    pub timeouts: RawTimeouts,
+}
+
+/// `[routes.timeouts]`: this route's own upstream timeouts, for a route whose workflows run long
+/// (n8n waits on people and slow APIs); an absent key keeps `[upstream]`'s.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawTimeouts {
+    /// The upstream's response headers must arrive within this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response: Option<Dur>,
+    /// Longest silence inside a response body; "0s" = none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle: Option<Dur>,
+}
+
+impl RawTimeouts {
+    fn is_empty(&self) -> bool {
+        self.response.is_none() && self.idle.is_none()
+    }
 }
 
 impl Default for RawRoute {
@@ -45,6 +66,7 @@ impl Default for RawRoute {
             strip_prefix: false,
             sanitize: RawRouteSanitize::default(),
             retry: RawRetry::default(),
+            timeouts: RawTimeouts::default(),
         }
     }
 }
@@ -89,6 +111,26 @@ pub struct Route {
     /// `[sanitize]` plus this route's `[routes.sanitize]`, compiled.
     pub sanitizer: Arc<Sanitizer>,
     pub retry: RetryPolicy,
+    /// `[routes.timeouts]` as given; [`Route::response_timeout`] and [`Route::idle_timeout`]
+    /// resolve them against `[upstream]`.
+    pub timeouts: RawTimeouts,
+}
+
+impl Route {
+    /// How long the upstream may take to send its response headers on this route.
+    pub fn response_timeout(&self, upstream: &super::UpstreamConfig) -> std::time::Duration {
+        self.timeouts
+            .response
+            .map_or(upstream.response_timeout, |d| d.0)
+    }
+
+    /// Longest silence inside a response body on this route; `None`: no limit.
+    pub fn idle_timeout(&self, upstream: &super::UpstreamConfig) -> Option<std::time::Duration> {
+        match self.timeouts.idle {
+            Some(d) => d.nonzero(),
+            None => upstream.idle_timeout,
+        }
+    }
 }
 
 /// Reads `[[routes]]`: each entry, and its `retry` and `sanitize` tables, on their own, so a
@@ -108,12 +150,16 @@ pub(super) fn read(value: toml::Value, p: &mut Problems) -> Vec<RawRoute> {
         };
         let retry = table.remove("retry");
         let sanitize = table.remove("sanitize");
+        let timeouts = table.remove("timeouts");
         let mut route: RawRoute = super::raw::section(&at, toml::Value::Table(table), p);
         if let Some(v) = retry {
             route.retry = super::raw::section(&format!("{at}.retry"), v, p);
         }
         if let Some(v) = sanitize {
             route.sanitize = super::raw::section(&format!("{at}.sanitize"), v, p);
+        }
+        if let Some(v) = timeouts {
+            route.timeouts = super::raw::section(&format!("{at}.timeouts"), v, p);
         }
         routes.push(route);
     }
@@ -162,6 +208,12 @@ pub(super) fn check(
         }
         let upstream = upstream(r, &at, &key("upstream"), p);
         let retry = retry(&r.retry, &at, &key("retry"), p);
+        if r.timeouts.response.is_some_and(|d| d.is_zero()) {
+            p.about(
+                &key("timeouts.response"),
+                format!("{at}: `timeouts.response` must be more than 0s"),
+            );
+        }
         let sanitizer =
             super::sanitize::check_route(sanitize, &r.sanitize, (&at, &key("sanitize")), p);
         if let (Some((uri, scheme, authority)), Some(retry), Some(sanitizer)) =
@@ -180,6 +232,7 @@ pub(super) fn check(
                 strip_prefix: r.strip_prefix,
                 sanitizer,
                 retry,
+                timeouts: r.timeouts.clone(),
             });
         }
     }

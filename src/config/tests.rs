@@ -466,3 +466,30 @@ fn variables_in_values_come_from_the_environment() {
         ["`database.url`: environment variable `DATABASE_URL` is not set (write `${DATABASE_URL:-default}` for a default, `$$` for a literal `$`)"]
     );
 }
+
+#[test]
+fn route_timeouts_override_upstreams_and_are_checked() {
+    let text = format!(
+        "[upstream]\nresponse_timeout = \"30s\"\nidle_timeout = \"1m\"\n{MINIMAL}\n[routes.timeouts]\nresponse = \"65m\"\nidle = \"0s\"\n\n[[routes]]\nname = \"cb\"\npath_prefix = \"/cb/\"\nupstream = \"http://127.0.0.1:5000\"\nsource_service = \"n8n\"\ndestination_service = \"bilko-app\"\n"
+    );
+    let c = Config::from_toml_str(&text).expect("valid");
+    let long = c.route_for("/webhook/x").expect("n8n");
+    assert_eq!(
+        long.response_timeout(&c.upstream),
+        Duration::from_secs(65 * 60)
+    );
+    assert_eq!(long.idle_timeout(&c.upstream), None);
+    let cb = c.route_for("/cb/x").expect("cb");
+    assert_eq!(cb.response_timeout(&c.upstream), Duration::from_secs(30));
+    assert_eq!(cb.idle_timeout(&c.upstream), Some(Duration::from_secs(60)));
+
+    let all = problems(&format!(
+        "{MINIMAL}\n[routes.timeouts]\nresponse = \"0s\"\nidel = \"1s\"\n"
+    ))
+    .join("\n");
+    assert!(
+        all.contains("`timeouts.response` must be more than 0s"),
+        "{all}"
+    );
+    assert!(all.contains("unknown field `idel`"), "{all}");
+}

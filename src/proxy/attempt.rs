@@ -42,6 +42,8 @@ pub(super) struct Attempt {
     pub sanitizer: Arc<Sanitizer>,
     /// The route's slot in the per-route answer counters.
     route_slot: Option<usize>,
+    /// The route's longest silence inside a response body.
+    idle_timeout: Option<std::time::Duration>,
 }
 
 impl Attempt {
@@ -77,6 +79,7 @@ impl Attempt {
             retry_note: None,
             sanitizer: inbound.sanitizer.clone(),
             route_slot: app.metrics.route_requests.slot(&route.name),
+            idle_timeout: route.idle_timeout(&app.config.upstream),
         };
         match refused {
             None => Ok(attempt),
@@ -114,13 +117,9 @@ impl Attempt {
         forward::strip_hop_by_hop(&mut parts.headers);
         let meta = ResponseMeta::new(&parts.headers, parts.status, &cfg);
         add_correlation_headers(&mut parts.headers, corr, self.number(), &cfg);
+        let idle_timeout = self.idle_timeout;
         let sink = self.stream(meta);
-        let body = TeeBody::new(
-            body,
-            cfg.capture.max_payload_bytes,
-            cfg.upstream.idle_timeout,
-            sink,
-        );
+        let body = TeeBody::new(body, cfg.capture.max_payload_bytes, idle_timeout, sink);
         Response::from_parts(parts, Either::Left(body))
     }
 

@@ -129,7 +129,7 @@ async fn exchange(
         Err(e) => return Exchanged::Answered(attempt.fail_locally(e, corr)),
     };
     attempt.forwarded_at = Some(Instant::now());
-    let timeout = cfg.upstream.response_timeout;
+    let timeout = route.response_timeout(&cfg.upstream);
     let sent = tokio::time::timeout(timeout, app.client.request(upstream_req)).await;
     let (e, failure) = match sent {
         Ok(Ok(resp)) => return answered(cfg, inbound, route, attempt, n, resp).await,
@@ -198,10 +198,9 @@ async fn answered(
                 let (rparts, rbody) = resp.into_parts();
                 let meta = ResponseMeta::new(&rparts.headers, rparts.status, cfg);
                 let cap = cfg.capture.max_payload_bytes;
-                let idle = cfg
-                    .upstream
-                    .idle_timeout
-                    .unwrap_or(cfg.upstream.response_timeout);
+                let idle = route
+                    .idle_timeout(&cfg.upstream)
+                    .unwrap_or_else(|| route.response_timeout(&cfg.upstream));
                 let (end, captured) = drain_capped(rbody, cap, idle).await;
                 let outcome = Outcome::streamed(&meta, end, captured, cap, &attempt.sanitizer);
                 attempt.finish(outcome.with_note(retrying(wait)));

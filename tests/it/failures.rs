@@ -80,6 +80,39 @@ async fn upstream_slower_than_response_timeout_is_504_timeout() {
     proxy.stop().await;
 }
 
+#[tokio::test]
+async fn a_route_with_its_own_response_timeout_waits_longer_than_upstreams() {
+    let db = TestDb::new().await;
+    let up = upstream(|_req| async {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        Response::new(full(r#"{"done":true}"#))
+    })
+    .await;
+    let extra = format!(
+        "[upstream]\nresponse_timeout = \"200ms\"\n\
+         [[routes]]\nname = \"long\"\npath_prefix = \"/webhook/long/\"\n\
+         upstream = \"http://{up}\"\nsource_service = \"bilko-app\"\n\
+         destination_service = \"n8n\"\n[routes.timeouts]\nresponse = \"5s\"\nidle = \"0s\"\n"
+    );
+    let proxy = Proxy::start(&config(&db, up, &extra)).await;
+    let long = new_trace_id();
+    let (parts, body) = send(get(&proxy.url("/webhook/long/report"), &long)).await;
+    assert_eq!(parts.status, 200, "{body:?}");
+    let rows = db.final_rows(&long, 1).await;
+    assert_eq!(rows[0].get::<_, &str>("overall_status"), "success");
+    assert_eq!(rows[0].get::<_, &str>("route_name"), "long");
+    // Every other route keeps [upstream]'s 200 ms.
+    let short = new_trace_id();
+    let (parts, _) = send(get(&proxy.url("/webhook/other"), &short)).await;
+    assert_eq!(parts.status, 504);
+    let rows = db.final_rows(&short, 1).await;
+    assert_eq!(
+        rows[0].get::<_, Option<&str>>("error_code"),
+        Some("TIMEOUT")
+    );
+    proxy.stop().await;
+}
+
 /// An upstream that promises 100 bytes, sends 10 and closes the connection.
 async fn resetting_upstream() -> SocketAddr {
     raw_upstream_holding(

@@ -155,6 +155,11 @@ impl Body<'_> {
             });
         }
         let textual = is_textual(&ctype);
+        if textual && !is_json_type(&ctype) {
+            if let Some(v) = self.mislabelled_json(bytes) {
+                return Some(v);
+            }
+        }
         match std::str::from_utf8(bytes) {
             Ok(text) if textual || ctype.is_empty() || !text.contains('\0') => {
                 Some(self.text(text.to_owned()))
@@ -165,6 +170,22 @@ impl Body<'_> {
             }
             _ => Some((self.descriptor(json!({"binary": true})), false)),
         }
+    }
+
+    /// A whole text body (n8n answers "Respond immediately" webhooks as `text/html`) that parses
+    /// as a JSON object or array: stored as JSON, an object noting the declared type in
+    /// `_content_type`.
+    fn mislabelled_json(&mut self, bytes: &[u8]) -> Option<(Value, bool)> {
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        if self.cut || !matches!(first, Some(b'{' | b'[')) {
+            return None;
+        }
+        let v = serde_json::from_slice::<Value>(bytes).ok()?;
+        let (mut v, truncated) = self.structured(v, false);
+        if let Value::Object(m) = &mut v {
+            m.insert("_content_type".into(), json!(self.sample.content_type));
+        }
+        Some((v, truncated))
     }
 
     fn original_bytes(&self) -> Value {

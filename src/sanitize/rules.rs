@@ -498,7 +498,8 @@ impl Pattern {
             let innocent = keys.find(&norm, query).is_none()
                 || inner.is_empty()
                 || inner.starts_with(replacement)
-                || (keys.allows_number(&norm) && inner.parse::<f64>().is_ok());
+                || (keys.allows_number(&norm) && inner.parse::<f64>().is_ok())
+                || is_permission(&text[k.end()..v.start()], k.as_str(), v.as_str());
             if innocent {
                 pos = k.end();
                 continue;
@@ -517,6 +518,58 @@ impl Pattern {
         out.push_str(&text[last..]);
         Some(out)
     }
+}
+
+/// The actions of permission scopes such as n8n's (`credential:create`, `apiKey:manage`,
+/// `workflow:shareGlobally`): words, not secrets.
+const PERMISSION_ACTIONS: &[&str] = &[
+    "archive",
+    "cancel",
+    "create",
+    "delete",
+    "disable",
+    "edit",
+    "enable",
+    "execute",
+    "export",
+    "generate",
+    "import",
+    "install",
+    "list",
+    "listProject",
+    "manage",
+    "move",
+    "own",
+    "publish",
+    "read",
+    "readGlobally",
+    "readSecret",
+    "remove",
+    "reset",
+    "retry",
+    "run",
+    "share",
+    "shareGlobally",
+    "stop",
+    "transfer",
+    "uninstall",
+    "unarchive",
+    "unpublish",
+    "unshare",
+    "update",
+    "updateGlobally",
+    "updateSecret",
+    "view",
+    "write",
+];
+
+/// True for a permission scope, `resource:action`: a bare name, the colon right after it, and
+/// right after that, unquoted, one of [`PERMISSION_ACTIONS`]. `password: create`, `password=x`
+/// and `"apiKey":"manage"` are pairs, not scopes.
+fn is_permission(between: &str, key: &str, val: &str) -> bool {
+    between == ":"
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && PERMISSION_ACTIONS.contains(&val)
 }
 
 /// (opening quote, content, closing quote) of a `key_value` value.
@@ -871,6 +924,29 @@ mod tests {
         assert_eq!(out, r#"{"password":"[REDACTED]"#);
         assert_untouched("error code: 500, at 10:00:00, see https://example.com:8443/x");
         assert_untouched("total_tokens=1234");
+    }
+
+    #[test]
+    fn permission_scopes_keep_their_meaning_and_secrets_do_not_hide_behind_them() {
+        for scope in [
+            "credential:create",
+            "apiKey:manage",
+            "credential:shareGlobally",
+            r#"["credential:create","apiKey:manage","workflow:read"]"#,
+            "scopes=credential:create apiKey:manage",
+        ] {
+            assert_untouched(scope);
+        }
+        for (text, want) in [
+            ("password:hunter2", "password:[REDACTED]"),
+            ("password: create", "password: [REDACTED]"),
+            ("apiKey=manage", "apiKey=[REDACTED]"),
+            (r#"{"apiKey":"manage"}"#, r#"{"apiKey":"[REDACTED]"}"#),
+            ("token:createXyz123", "token:[REDACTED]"),
+            ("apiKey:manage-k9s8d7f6", "apiKey:[REDACTED]"),
+        ] {
+            assert_eq!(redact(text).0, want, "{text}");
+        }
     }
 
     #[test]

@@ -247,19 +247,19 @@ async fn response_larger_than_cap_streams_whole_and_is_stored_truncated() {
     proxy.stop().await;
 }
 
-#[tokio::test]
-async fn client_abort_mid_response_is_recorded_once() {
+/// A proxy in front of a heartbeat stream of `content_type` that never ends on its own; a client
+/// reads one frame and disconnects. Returns the final row.
+async fn client_leaves_a_stream_of(content_type: &'static str) -> tokio_postgres::Row {
     let db = TestDb::new().await;
-    let up = upstream(|_req| async {
+    let up = upstream(move |_req| async move {
         let (tx, body) = channel_body();
         tokio::spawn(async move {
-            // A heartbeat stream that never ends on its own.
             while tx.send(Bytes::from_static(b": ping\n\n")).await.is_ok() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         });
         Response::builder()
-            .header("content-type", "text/event-stream")
+            .header("content-type", content_type)
             .body(body)
             .expect("response")
     })
@@ -275,15 +275,35 @@ async fn client_abort_mid_response_is_recorded_once() {
         body.frame().await.expect("a frame").expect("ok");
         // Dropping the body and its client closes the connection.
     }
-    let rows = db.final_rows(&trace, 1).await;
-    assert_eq!(rows[0].get::<_, &str>("overall_status"), "failed");
-    assert_eq!(
-        rows[0].get::<_, Option<&str>>("error_code"),
-        Some("CLIENT_ABORTED")
-    );
+    let mut rows = db.final_rows(&trace, 1).await;
     assert_eq!(rows[0].get::<_, Option<i32>>("http_status"), Some(200));
     assert_eq!(proxy.metrics.snapshot().rows_finished, 1);
     proxy.stop().await;
+    rows.remove(0)
+}
+
+#[tokio::test]
+async fn client_abort_mid_response_is_recorded_once() {
+    let row = client_leaves_a_stream_of("application/octet-stream").await;
+    assert_eq!(row.get::<_, &str>("overall_status"), "failed");
+    assert_eq!(
+        row.get::<_, Option<&str>>("error_code"),
+        Some("CLIENT_ABORTED")
+    );
+}
+
+#[tokio::test]
+async fn a_client_closing_an_event_stream_ends_it_normally() {
+    let row = client_leaves_a_stream_of("text/event-stream; charset=utf-8").await;
+    assert_eq!(row.get::<_, &str>("overall_status"), "success");
+    assert_eq!(row.get::<_, Option<&str>>("error_code"), None);
+    let detail: Option<String> = row.get("error_detail");
+    assert!(
+        detail
+            .as_deref()
+            .is_some_and(|d| d.starts_with("client closed the event stream after ")),
+        "{detail:?}"
+    );
 }
 
 #[tokio::test]

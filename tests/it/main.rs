@@ -19,6 +19,7 @@ mod container;
 mod failures;
 mod health;
 mod mcp;
+mod n8n;
 mod outage;
 mod process;
 mod protocol;

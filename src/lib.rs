@@ -195,6 +195,8 @@ async fn serve_all(
         client,
         metrics,
         interrupting: Default::default(),
+        tunnels: tokio_util::task::TaskTracker::new(),
+        stop: stop.token().clone(),
     });
     tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         routes = config.routes.len(), "trace-proxy serving");

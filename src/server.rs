@@ -56,6 +56,14 @@ pub(crate) async fn serve(listener: TcpListener, app: Arc<App>, shutdown: &Shutd
             .store(true, std::sync::atomic::Ordering::Relaxed)
     })
     .await;
+    // Tunnels closed when shutdown began; their rows are finished once their tasks end.
+    app.tunnels.close();
+    if shutdown.within(app.tunnels.wait()).await.is_none() {
+        tracing::warn!(
+            open = app.tunnels.len(),
+            "tunnels still closing at the shutdown deadline"
+        );
+    }
 }
 
 /// Connections still open when a listener stopped accepting.
@@ -151,7 +159,7 @@ where
             async move { Ok::<_, Infallible>(answer.await) }
         });
         let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let conn = graceful.watch(conn);
         let name = limits.name;

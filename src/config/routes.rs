@@ -27,6 +27,8 @@ pub struct RawRoute {
     pub action: Option<String>,
     pub require_user_id: bool,
     pub strip_prefix: bool,
+    pub upgrades: bool,
+    pub tunnel_capture_bytes: usize,
     #[serde(skip_serializing_if = "RawRouteSanitize::is_empty")]
     pub sanitize: RawRouteSanitize,
     pub retry: RawRetry,
@@ -64,6 +66,8 @@ impl Default for RawRoute {
             action: None,
             require_user_id: false,
             strip_prefix: false,
+            upgrades: true,
+            tunnel_capture_bytes: 0,
             sanitize: RawRouteSanitize::default(),
             retry: RawRetry::default(),
             timeouts: RawTimeouts::default(),
@@ -108,6 +112,10 @@ pub struct Route {
     pub action: Option<String>,
     pub require_user_id: bool,
     pub strip_prefix: bool,
+    /// Protocol upgrades (WebSocket) are tunnelled; `false`: refused with 403 `UPGRADE_DENIED`.
+    pub upgrades: bool,
+    /// Bytes of each direction of a tunnel kept (decoded, sanitized) in the row; 0 = none.
+    pub tunnel_capture_bytes: usize,
     /// `[sanitize]` plus this route's `[routes.sanitize]`, compiled.
     pub sanitizer: Arc<Sanitizer>,
     pub retry: RetryPolicy,
@@ -132,6 +140,9 @@ impl Route {
         }
     }
 }
+
+/// Most bytes of each tunnel direction a row may keep.
+const MAX_TUNNEL_CAPTURE: usize = 1 << 20;
 
 /// Reads `[[routes]]`: each entry, and its `retry` and `sanitize` tables, on their own, so a
 /// problem in one hides nothing in the others.
@@ -208,6 +219,12 @@ pub(super) fn check(
         }
         let upstream = upstream(r, &at, &key("upstream"), p);
         let retry = retry(&r.retry, &at, &key("retry"), p);
+        if r.tunnel_capture_bytes > MAX_TUNNEL_CAPTURE {
+            p.about(
+                &key("tunnel_capture_bytes"),
+                format!("{at}: `tunnel_capture_bytes` must be at most {MAX_TUNNEL_CAPTURE}"),
+            );
+        }
         if r.timeouts.response.is_some_and(|d| d.is_zero()) {
             p.about(
                 &key("timeouts.response"),
@@ -230,6 +247,8 @@ pub(super) fn check(
                 action: r.action.clone().filter(|a| !a.is_empty()),
                 require_user_id: r.require_user_id,
                 strip_prefix: r.strip_prefix,
+                upgrades: r.upgrades,
+                tunnel_capture_bytes: r.tunnel_capture_bytes,
                 sanitizer,
                 retry,
                 timeouts: r.timeouts.clone(),

@@ -8,7 +8,7 @@ use super::deprecated::RENAMED;
 use super::duration::Dur;
 use super::problems::Problems;
 use super::raw::RawConfig;
-use super::routes::{RawRetry, RawRoute};
+use super::routes::{RawRetry, RawRoute, RawTimeouts};
 use super::sanitize::RawRouteSanitize;
 
 fn shipped(file: &str) -> String {
@@ -30,16 +30,25 @@ fn defaults() -> BTreeMap<String, toml::Table> {
             _ => None,
         })
         .collect();
+    // Optional keys given a value, so that they are listed too.
     let route = RawRoute {
         action: Some(String::new()),
         sanitize: RawRouteSanitize {
             replacement: Some(String::new()),
             ..RawRouteSanitize::default()
         },
+        timeouts: RawTimeouts {
+            response: Some(Dur::secs(1)),
+            idle: Some(Dur::secs(1)),
+        },
         ..RawRoute::default()
     };
     let mut route = table(&route);
-    for (name, value) in [("routes.retry", "retry"), ("routes.sanitize", "sanitize")] {
+    for (name, value) in [
+        ("routes.retry", "retry"),
+        ("routes.sanitize", "sanitize"),
+        ("routes.timeouts", "timeouts"),
+    ] {
         if let Some(toml::Value::Table(t)) = route.get(value) {
             sections.insert(name.into(), t.clone());
         }

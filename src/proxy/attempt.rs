@@ -123,6 +123,45 @@ impl Attempt {
         Response::from_parts(parts, Either::Left(body))
     }
 
+    /// Step 8 for an upgrade the upstream accepted: answers the client's handshake with the
+    /// upstream's `101` and hands the attempt to a tunnel task, which joins the two connections
+    /// and finishes the row when the tunnel closes (D2).
+    pub(super) fn tunnel(
+        mut self,
+        mut resp: Response<Incoming>,
+        client: hyper::upgrade::OnUpgrade,
+        protocol: String,
+        route: &Route,
+        corr: &Correlation,
+    ) -> Response<ProxyBody> {
+        let upstream = hyper::upgrade::on(&mut resp);
+        let cfg = self.app.config.clone();
+        let (mut parts, _) = resp.into_parts();
+        (self.app.metrics.route_requests).count(self.route_slot, Class::of_status(101));
+        let value = parts.headers.get(http::header::UPGRADE).cloned();
+        forward::strip_hop_by_hop(&mut parts.headers);
+        if let Some(v) = value {
+            super::tunnel::keep_upgrade(&mut parts.headers, v);
+        }
+        add_correlation_headers(&mut parts.headers, corr, self.number(), &cfg);
+        if let Some(ticket) = &self.ticket {
+            ticket.mark_in_progress();
+        }
+        let keep = route.tunnel_capture_bytes;
+        let (idle, stop) = (self.idle_timeout, self.app.stop.clone());
+        let tunnels = self.app.tunnels.clone();
+        tunnels.spawn(async move {
+            let end = super::tunnel::join(client, upstream, &protocol, idle, keep, stop).await;
+            self.stats
+                .bytes
+                .fetch_add(end.to_upstream, Ordering::Relaxed);
+            let cap = self.app.config.capture.max_payload_bytes;
+            let outcome = super::tunnel::outcome(&end, &protocol, keep > 0, &self.sanitizer, cap);
+            self.finish(outcome);
+        });
+        Response::from_parts(parts, Either::Right(http_body_util::Full::default()))
+    }
+
     /// Hands the attempt to a task that finishes it when the response body ends; a long
     /// response marks the row `in_progress` first.
     fn stream(self, meta: ResponseMeta) -> FinishSink {

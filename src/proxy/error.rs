@@ -38,6 +38,8 @@ pub(crate) enum ProxyError {
     UpstreamAborted(String),
     #[error("trace-proxy shut down before the exchange finished")]
     Interrupted,
+    #[error("protocol upgrade to {0:?} refused: the route has upgrades = false")]
+    UpgradeDenied(String),
 }
 
 impl ProxyError {
@@ -56,6 +58,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout(_) => "TIMEOUT",
             ProxyError::UpstreamAborted(_) => "UPSTREAM_ABORTED",
             ProxyError::Interrupted => "INTERRUPTED",
+            ProxyError::UpgradeDenied(_) => "UPGRADE_DENIED",
         }
     }
 
@@ -66,7 +69,8 @@ impl ProxyError {
             | ProxyError::MissingUserId(_)
             | ProxyError::BodyTooLarge(_)
             | ProxyError::ClientTimeout(_)
-            | ProxyError::ClientBody(_) => Fault::Client,
+            | ProxyError::ClientBody(_)
+            | ProxyError::UpgradeDenied(_) => Fault::Client,
             ProxyError::StoreUnavailable(_) | ProxyError::Interrupted => Fault::Proxy,
             ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamTls(_)
@@ -82,6 +86,7 @@ impl ProxyError {
             | ProxyError::MissingUserId(_)
             | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::UpgradeDenied(_) => StatusCode::FORBIDDEN,
             ProxyError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::StoreUnavailable(_) | ProxyError::Interrupted => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -107,6 +112,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout(_) => "upstream timeout\n",
             ProxyError::UpstreamAborted(_) => "upstream closed the connection\n",
             ProxyError::Interrupted => "proxy shutting down\n",
+            ProxyError::UpgradeDenied(_) => "protocol upgrades are not allowed here\n",
         }
     }
 

@@ -33,6 +33,8 @@ pub(super) struct Inbound {
     pub sanitizer: Arc<Sanitizer>,
     /// What the pending row stores of the request.
     pub row: RowColumns,
+    /// The protocol upgrade the client asked for, if any (and the route allows).
+    pub upgrade: Option<super::tunnel::Upgrade>,
 }
 
 /// The request-derived columns of the pending row, sanitized (D4).
@@ -50,11 +52,22 @@ impl Inbound {
     pub(super) async fn read(app: &App, route: &Route, req: http::Request<Incoming>) -> Inbound {
         let cfg = &app.config;
         let corr = correlate(&cfg.correlation, route, req.headers(), req.uri().path());
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let (host, mut early) = match forward::original_host(&parts) {
             Ok(h) => (h, None),
             Err(e) => (None, Some(e)),
         };
+        let mut upgrade = None;
+        if let Some(value) = super::tunnel::requested(&parts) {
+            let up = super::tunnel::Upgrade {
+                client: parts.extensions.remove::<hyper::upgrade::OnUpgrade>(),
+                value,
+            };
+            match route.upgrades {
+                true => upgrade = Some(up),
+                false => early = early.or(Some(ProxyError::UpgradeDenied(up.protocol()))),
+            }
+        }
         if early.is_none() && route.require_user_id && corr.user_id.is_none() {
             early = Some(ProxyError::MissingUserId(
                 cfg.correlation.user_id_header.to_string(),
@@ -103,6 +116,7 @@ impl Inbound {
             limit,
             sanitizer,
             row,
+            upgrade,
         }
     }
 

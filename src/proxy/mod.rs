@@ -9,6 +9,7 @@ pub(crate) mod error;
 pub(crate) mod forward;
 mod inbound;
 mod outcome;
+mod tunnel;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -48,6 +49,10 @@ pub(crate) struct App {
     /// Set when the shutdown deadline passed: exchanges cut from then on are recorded as
     /// `INTERRUPTED`, not as client aborts.
     pub interrupting: std::sync::atomic::AtomicBool,
+    /// The open tunnels (upgraded connections), which outlive their HTTP connection.
+    pub tunnels: tokio_util::task::TaskTracker,
+    /// Cancelled when shutdown begins: open tunnels close then.
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 /// Serves one request. Never fails: every problem becomes a response (and a row, once routed).
@@ -124,10 +129,14 @@ async fn exchange(
     };
     let (parts, corr) = (&inbound.parts, &inbound.corr);
     let host = inbound.host.clone();
-    let upstream_req = match forward::upstream_request(parts, body, route, corr, cfg, host, peer) {
-        Ok(r) => r,
-        Err(e) => return Exchanged::Answered(attempt.fail_locally(e, corr)),
-    };
+    let mut upstream_req =
+        match forward::upstream_request(parts, body, route, corr, cfg, host, peer) {
+            Ok(r) => r,
+            Err(e) => return Exchanged::Answered(attempt.fail_locally(e, corr)),
+        };
+    if let Some(u) = &inbound.upgrade {
+        tunnel::keep_upgrade(upstream_req.headers_mut(), u.value.clone());
+    }
     attempt.forwarded_at = Some(Instant::now());
     let timeout = route.response_timeout(&cfg.upstream);
     let sent = tokio::time::timeout(timeout, app.client.request(upstream_req)).await;
@@ -178,7 +187,7 @@ fn request_body(inbound: &mut Inbound, attempt: &Attempt) -> Option<RequestBody<
 /// response is read and recorded first); otherwise streamed to the client.
 async fn answered(
     cfg: &Config,
-    inbound: &Inbound,
+    inbound: &mut Inbound,
     route: &Route,
     mut attempt: Attempt,
     n: u32,
@@ -209,8 +218,20 @@ async fn answered(
             Decision::Stop(note) => attempt.retry_note = note,
         }
     }
-    // A 101 is only valid with a tunnel, which this path does not make.
     if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        // A 101 answers an upgrade the client asked for: the two connections are joined.
+        if let Some(upgrade) = inbound.upgrade.as_mut() {
+            if let Some(client) = upgrade.client.take() {
+                let protocol = upgrade.protocol();
+                return Exchanged::Answered(attempt.tunnel(
+                    resp,
+                    client,
+                    protocol,
+                    route,
+                    &inbound.corr,
+                ));
+            }
+        }
         let e = ProxyError::UpstreamAborted(
             "upstream answered 101 Switching Protocols; upgrades are not tunnelled".into(),
         );

@@ -28,4 +28,5 @@ mod recovery;
 mod retention;
 mod sanitize;
 mod support;
+mod tunnel;
 mod ui;

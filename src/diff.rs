@@ -179,6 +179,7 @@ mod tests {
             http_method: None,
             http_target: None,
             http_status: None,
+            n8n_execution: None,
         }
     }
 

@@ -11,6 +11,7 @@ pub mod diff;
 pub mod error;
 mod insight;
 pub mod metrics;
+mod n8n;
 pub mod probe;
 mod proxy;
 pub mod record;
@@ -188,6 +189,14 @@ async fn serve_all(
     // shutdown begins.
     retention::Scheduler::start(pool.clone(), config.retention.clone(), stop);
     // Registered and heartbeating; resolves the rows of dead instances every heartbeat.
+    // n8n's account of failed executions, when `[n8n]` is configured.
+    let lookups = n8n::Lookups::start(
+        config.n8n.lookup.as_ref(),
+        &config.upstream,
+        pool.clone(),
+        metrics.clone(),
+        stop.token().clone(),
+    )?;
     let recovery = recovery::Recovery::start(pool, &config.recovery, instance, stop).await;
     let app = Arc::new(proxy::App {
         config: config.clone(),
@@ -197,6 +206,7 @@ async fn serve_all(
         interrupting: Default::default(),
         tunnels: tokio_util::task::TaskTracker::new(),
         stop: stop.token().clone(),
+        lookups,
     });
     tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         routes = config.routes.len(), "trace-proxy serving");

@@ -86,6 +86,9 @@ metrics! {
         "Journal records skipped during replay because they could not be decoded";
     spool_rejected: Counter = "spool_rejected",
         "Journal records PostgreSQL rejected at replay (stored without their payload, or skipped)";
+    n8n_lookups: Counter = "n8n_lookups", "n8n execution lookups stored with their row";
+    n8n_lookups_failed: Counter = "n8n_lookups_failed",
+        "n8n execution lookups that got no account (n8n unreachable, key refused, execution unknown, queue full)";
     spool_records: Level = "spool_records", "Records in the spool journal waiting for replay";
     spool_bytes: Level = "spool_bytes", "Bytes of the spool journal waiting for replay";
     ---

@@ -125,6 +125,9 @@ pub struct TraceRow {
     /// Upstream response status, null when none arrived; trace-proxy's column: only with
     /// `fields=*` or when named.
     pub http_status: Option<i32>,
+    /// n8n's own account of the execution (final status, failing node, error), when the
+    /// `[n8n]` lookup answered; trace-proxy's column: shown whenever it is set.
+    pub n8n_execution: Option<Value>,
 }
 
 /// ISO-8601 UTC with millisecond precision and a `Z`.

@@ -9,7 +9,7 @@ use crate::trace::TraceRow;
 
 /// The `CommunicationTrace` field names (DATA-002), in schema order, then trace-proxy's own
 /// columns ([`SPEC_FIELDS`] onwards); `fields=` picks from these, `fields=*` takes them all.
-pub const FIELDS: [&str; 21] = [
+pub const FIELDS: [&str; 22] = [
     "id",
     "traceId",
     "executionId",
@@ -31,10 +31,14 @@ pub const FIELDS: [&str; 21] = [
     "httpMethod",
     "httpTarget",
     "httpStatus",
+    "n8nExecution",
 ];
 
 /// How many of [`FIELDS`] are DATA-002's: the fields a row has unless `fields=` asks for more.
 pub const SPEC_FIELDS: usize = 18;
+
+/// `n8nExecution`: shown by default too, when the row has it.
+const N8N_EXECUTION: usize = 21;
 
 /// Serialized size above which `payloads=truncated` replaces a payload (or a diff value) by a
 /// preview.
@@ -99,7 +103,7 @@ impl Projection {
 
     fn shows(&self, field: usize) -> bool {
         match &self.fields {
-            None => field < SPEC_FIELDS,
+            None => field < SPEC_FIELDS || field == N8N_EXECUTION,
             Some(f) => f.contains(&field),
         }
     }
@@ -125,6 +129,10 @@ impl Projection {
                 continue;
             }
             let mut v = full.remove(*name).unwrap_or(Value::Null);
+            // n8n's account is listed by default only where there is one.
+            if i == N8N_EXECUTION && v.is_null() && self.fields.is_none() {
+                continue;
+            }
             if is_payload && self.payloads == PayloadMode::Truncated {
                 v = preview(v, PREVIEW_BYTES);
             }
@@ -266,6 +274,7 @@ mod tests {
             http_method: None,
             http_target: None,
             http_status: None,
+            n8n_execution: None,
         }
     }
 
@@ -299,12 +308,17 @@ mod tests {
         let mut r = row();
         r.http_status = Some(502);
         let v = all.row(&r);
-        assert_eq!(v.as_object().map(|m| m.len()), Some(21));
+        assert_eq!(v.as_object().map(|m| m.len()), Some(22));
         assert_eq!(v["httpStatus"], 502);
         assert!(
             full.get("httpStatus").is_none(),
             "DATA-002 fields only by default"
         );
+        // n8n's account of the execution: by default only where there is one.
+        assert!(full.get("n8nExecution").is_none());
+        r.n8n_execution = Some(json!({"status": "error"}));
+        let shown = Projection::default().row(&r);
+        assert_eq!(shown["n8nExecution"], json!({"status": "error"}));
     }
 
     #[test]

@@ -60,6 +60,11 @@ impl Token {
         Token(token)
     }
 
+    /// The secret itself, for sending it where it belongs (never for logs or rows).
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+
     /// True when `presented` is this token; the comparison time does not depend on where the
     /// first difference is.
     pub fn matches(&self, presented: &[u8]) -> bool {

@@ -11,6 +11,7 @@ mod deprecated;
 mod duration;
 mod interpolate;
 mod log;
+mod n8n;
 mod problems;
 mod raw;
 mod recovery;
@@ -35,6 +36,7 @@ pub use correlation::{CorrelationConfig, PathRule};
 pub use database::{DatabaseConfig, OnUnavailable};
 pub use duration::Dur;
 pub use log::LogConfig;
+pub use n8n::{N8nConfig, N8nLookup, ENV_N8N_API_KEY};
 use problems::Problems;
 pub use raw::RawConfig;
 pub use recovery::RecoveryConfig;
@@ -83,6 +85,8 @@ pub struct Config {
     pub spool: SpoolConfig,
     /// The read-only query API (`crate::api`).
     pub admin: AdminConfig,
+    /// The n8n execution lookup (`crate::n8n`).
+    pub n8n: N8nConfig,
     /// Sorted longest prefix first, so the first match is the longest.
     pub routes: Vec<Route>,
     /// What is accepted but should change (deprecated keys): logged at startup, printed by
@@ -129,6 +133,9 @@ impl Config {
         if let Some(token) = set(ENV_ADMIN_TOKEN) {
             raw.admin.token = token;
         }
+        if let Some(key) = set(ENV_N8N_API_KEY) {
+            raw.n8n.api_key = key;
+        }
         if let Some(dir) = set(ENV_SPOOL_DIR) {
             raw.spool.dir = dir;
         }
@@ -151,6 +158,9 @@ impl Config {
         raw.database.url = database::redact_url(&raw.database.url);
         if !raw.admin.token.is_empty() {
             raw.admin.token = "REDACTED".into();
+        }
+        if !raw.n8n.api_key.is_empty() {
+            raw.n8n.api_key = "REDACTED".into();
         }
         let env = self.environment.as_deref().unwrap_or("(none)");
         match toml::to_string_pretty(&raw) {
@@ -186,6 +196,7 @@ fn check(
     let recovery = recovery::check(&raw.recovery, p);
     let spool = spool::check(&raw.spool, p);
     let admin = admin::check(&raw.admin, p);
+    let n8n = n8n::check(&raw.n8n, p);
     let routes = routes::check(&raw.routes, sanitize.as_ref(), p);
     let config = (|| {
         Some(Config {
@@ -201,6 +212,7 @@ fn check(
             recovery: recovery?,
             spool: spool?,
             admin: admin?,
+            n8n: n8n?,
             routes: routes?,
             warnings,
             raw: Unprinted(raw),

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::problems::Problems;
 use super::{
-    admin, capture, correlation, database, log, recovery, retention, routes, sanitize, server,
+    admin, capture, correlation, database, log, n8n, recovery, retention, routes, sanitize, server,
     spool, upstream,
 };
 
@@ -25,6 +25,7 @@ pub struct RawConfig {
     pub recovery: recovery::RawRecovery,
     pub spool: spool::RawSpool,
     pub admin: admin::RawAdmin,
+    pub n8n: n8n::RawN8n,
     pub routes: Vec<routes::RawRoute>,
 }
 
@@ -46,6 +47,7 @@ impl RawConfig {
                 "recovery" => raw.recovery = section(k, value, p),
                 "spool" => raw.spool = section(k, value, p),
                 "admin" => raw.admin = section(k, value, p),
+                "n8n" => raw.n8n = section(k, value, p),
                 "routes" => raw.routes = routes::read(value, p),
                 _ => p.push(format!("unknown key `{key}`")),
             }

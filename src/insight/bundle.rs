@@ -70,6 +70,10 @@ pub(crate) struct Explanation {
     pub error_detail: Option<String>,
     pub normalised_detail: Option<String>,
     pub duration_ms: Option<i32>,
+    /// The n8n execution of the attempt explained, and n8n's own account of it (final status,
+    /// failing node, error) when the `[n8n]` lookup stored one.
+    pub n8n_execution_id: Option<String>,
+    pub n8n_execution: Option<serde_json::Value>,
     pub chain: Vec<TraceRow>,
     pub diffs: Vec<AttemptDiff>,
     /// This workflow's failures with this error code (`None` when the trace did not fail).
@@ -124,6 +128,8 @@ pub(crate) async fn explain(
         error_code: focus.error_code.clone(),
         error_detail: focus.error_detail.clone(),
         duration_ms: focus.duration_ms,
+        n8n_execution_id: focus.n8n_execution_id.clone(),
+        n8n_execution: focus.n8n_execution.clone(),
         diffs: diff_chain(&chain),
         chain,
         history,

@@ -23,7 +23,7 @@ use crate::config::Route;
 use crate::metrics::Class;
 use crate::record::{Refused, Ticket};
 use crate::sanitize::{redactions_record, Redactions, Sanitizer};
-use crate::trace::{now_utc, AttemptFinish};
+use crate::trace::{now_utc, AttemptFinish, Status};
 
 /// One attempt of a request.
 pub(super) struct Attempt {
@@ -210,7 +210,13 @@ impl Attempt {
             outcome.error_code = Some(e.code().to_owned());
             outcome.error_detail = Some(e.to_string());
         }
-        ticket.finish(self.final_update(outcome));
+        let update = self.final_update(outcome);
+        if let (Some(lookups), Status::Failed, Some(execution)) =
+            (&self.app.lookups, update.status, &update.n8n_execution_id)
+        {
+            lookups.request(update.id, execution.clone(), self.sanitizer.clone());
+        }
+        ticket.finish(update);
     }
 
     /// D2: the final update `outcome` makes, its error detail sanitized.

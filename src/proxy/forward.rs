@@ -51,6 +51,18 @@ pub enum CaFileError {
 
 /// The pooled upstream client: HTTP/1.1 and, over TLS when ALPN agrees, HTTP/2.
 pub(crate) fn build_client(cfg: &UpstreamConfig) -> Result<UpstreamClient, ClientSetupError> {
+    client_for(cfg)
+}
+
+/// A pooled client with `[upstream]`'s TLS roots and timeouts, for request bodies of type `B`.
+pub(crate) fn client_for<B>(
+    cfg: &UpstreamConfig,
+) -> Result<Client<HttpsConnector<HttpConnector>, B>, ClientSetupError>
+where
+    B: hyper::body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut roots = rustls::RootCertStore::empty();
     if matches!(cfg.tls_roots, TlsRoots::Webpki | TlsRoots::Both) {
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());

@@ -53,6 +53,8 @@ pub(crate) struct App {
     pub tunnels: tokio_util::task::TaskTracker,
     /// Cancelled when shutdown begins: open tunnels close then.
     pub stop: tokio_util::sync::CancellationToken,
+    /// n8n's account of failed executions (`[n8n]`), if configured.
+    pub lookups: Option<crate::n8n::Lookups>,
 }
 
 /// Serves one request. Never fails: every problem becomes a response (and a row, once routed).

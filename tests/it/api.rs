@@ -1116,7 +1116,8 @@ async fn fields_star_adds_the_http_columns_of_a_real_request() {
     db.final_rows(&trace, 1).await;
     let v = a.ok(&format!("/api/traces/{trace}?fields=*")).await;
     let row = &items(&v)[0];
-    assert_eq!(row.as_object().map(|m| m.len()), Some(21));
+    assert_eq!(row.as_object().map(|m| m.len()), Some(22));
+    assert_eq!(row["n8nExecution"], serde_json::Value::Null);
     assert_eq!(row["httpMethod"], "GET");
     assert_eq!(row["httpTarget"], "/webhook/x?token=%5BREDACTED%5D");
     assert_eq!(row["httpStatus"], 502);

@@ -184,3 +184,153 @@ async fn a_resumed_wait_names_the_execution_of_its_path() {
     assert_eq!(status, 200);
     assert_eq!(execution_id(&row).as_deref(), Some("8"));
 }
+
+const API_KEY: &str = "n8n_api_test_key_0123456789";
+
+/// A stand-in n8n: its webhook fails as n8n's "Respond immediately" error does, naming
+/// execution 4 in the header; its public API answers execution 4 with the captured document
+/// (`21-public-api-execution-includeData`) to the right key, and 401 to any other.
+async fn failing_n8n() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let api_calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let calls = api_calls.clone();
+    let document = std::sync::Arc::new(sample("21-public-api-execution-includeData"));
+    let addr = upstream(move |req: Request<hyper::body::Incoming>| {
+        let (calls, document) = (calls.clone(), document.clone());
+        async move {
+            if req.uri().path().starts_with("/api/v1/executions/") {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let key_ok = req
+                    .headers()
+                    .get("x-n8n-api-key")
+                    .is_some_and(|k| k.as_bytes() == API_KEY.as_bytes());
+                let right = req.uri().path() == "/api/v1/executions/4"
+                    && req.uri().query() == Some("includeData=true");
+                return match (key_ok, right) {
+                    (true, true) => Response::builder()
+                        .header("content-type", "application/json; charset=utf-8")
+                        .body(full(document.body.clone())),
+                    (false, _) => Response::builder()
+                        .status(401)
+                        .body(full(r#"{"message":"'X-N8N-API-KEY' header required"}"#)),
+                    (true, false) => Response::builder()
+                        .status(404)
+                        .body(full(r#"{"message":"Not Found"}"#)),
+                }
+                .expect("response");
+            }
+            Response::builder()
+                .status(500)
+                .header("x-n8n-execution-id", "4")
+                .header("content-type", "application/json; charset=utf-8")
+                .body(full(
+                    r#"{"code":0,"message":"There was a problem executing the workflow"}"#,
+                ))
+                .expect("response")
+        }
+    })
+    .await;
+    (addr, api_calls)
+}
+
+/// The row's `n8n_execution` once it is set (or `None` after `wait`).
+async fn account_of(db: &TestDb, trace: &str, wait: Duration) -> Option<Value> {
+    let sql = format!("SELECT n8n_execution FROM communication_traces WHERE trace_id = '{trace}'");
+    let until = std::time::Instant::now() + wait;
+    loop {
+        let v: Option<Value> = db.rows(&sql).await.first().and_then(|r| r.get(0));
+        if v.is_some() || std::time::Instant::now() >= until {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_failed_execution_gets_n8ns_own_account_of_it() {
+    let db = TestDb::new().await;
+    let (up, api_calls) = failing_n8n().await;
+    let token = crate::agent::TOKEN;
+    let extra = format!(
+        "[admin]\ntoken = \"{token}\"\n[n8n]\napi_url = \"http://{up}/\"\napi_key = \"{API_KEY}\"\nlookup_delay = \"50ms\"\n"
+    );
+    let proxy = Proxy::start_with_admin(&config(&db, up, &extra)).await;
+    let trace = new_trace_id();
+    let req = Request::post(proxy.url("/webhook/bilko/error-immediate"))
+        .header("x-trace-id", &trace)
+        .body(Full::new(Bytes::from_static(
+            b"{\"action\":\"explode_later\"}",
+        )))
+        .expect("request");
+    let (parts, _) = send(req).await;
+    assert_eq!(parts.status, 500);
+    let account = account_of(&db, &trace, Duration::from_secs(10))
+        .await
+        .expect("n8n's account stored");
+    assert_eq!(account["status"], "error");
+    assert_eq!(
+        account["failingNode"],
+        json!({"name": "Fail", "type": "n8n-nodes-base.stopAndError"})
+    );
+    assert_eq!(
+        account["error"]["message"],
+        "boom from bilko/error-immediate"
+    );
+    assert_eq!(account["lastNodeExecuted"], "Fail");
+    assert_eq!(account["stoppedAt"], "2026-11-26T10:59:27.041Z");
+    assert_eq!(api_calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(proxy.metrics.n8n_lookups.get(), 1);
+    // The key goes to n8n only.
+    let all = db
+        .rows(&format!(
+            "SELECT to_jsonb(t)::text FROM communication_traces t WHERE trace_id = '{trace}'"
+        ))
+        .await;
+    assert!(!all[0].get::<_, String>(0).contains(API_KEY));
+
+    // The query API shows it with the trace, and the explanation carries it.
+    let admin = proxy.admin.expect("admin listener");
+    for path in [
+        format!("/api/traces/{trace}"),
+        format!("/api/traces/{trace}/explain"),
+    ] {
+        let req = Request::get(format!("http://{admin}{path}"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let (_, body) = send(req).await;
+        let v: Value = serde_json::from_slice(&body).expect("JSON");
+        let shown = match v.get("items") {
+            Some(items) => items[0]["n8nExecution"].clone(),
+            None => v["n8nExecution"].clone(),
+        };
+        assert_eq!(shown["failingNode"]["name"], "Fail", "{path}: {v}");
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_key_leaves_the_row_as_it_is_and_is_counted() {
+    let db = TestDb::new().await;
+    let (up, api_calls) = failing_n8n().await;
+    let extra = format!(
+        "[n8n]\napi_url = \"http://{up}\"\napi_key = \"wrong-key-0123456789\"\nlookup_delay = \"10ms\"\n"
+    );
+    let proxy = Proxy::start(&config(&db, up, &extra)).await;
+    let trace = new_trace_id();
+    let req = Request::post(proxy.url("/webhook/bilko/error-immediate"))
+        .header("x-trace-id", &trace)
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .expect("request");
+    send(req).await;
+    db.final_rows(&trace, 1).await;
+    for _ in 0..100 {
+        if proxy.metrics.n8n_lookups_failed.get() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(proxy.metrics.n8n_lookups_failed.get(), 1);
+    assert_eq!(api_calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(account_of(&db, &trace, Duration::ZERO).await, None);
+    proxy.stop().await;
+}

@@ -54,6 +54,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "failures_by_time",
         include_str!("../../../sql/0009_failures_by_time.sql"),
     ),
+    (
+        10,
+        "n8n_execution",
+        include_str!("../../../sql/0010_n8n_execution.sql"),
+    ),
 ];
 
 /// Arbitrary constant identifying the migration lock among advisory locks.

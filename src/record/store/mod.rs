@@ -166,6 +166,23 @@ fn pool_with(cfg: &DatabaseConfig, size: usize, session: &str) -> Result<Pool, S
         .map_err(|e| StoreError::Setup(Arc::new(e)))
 }
 
+/// Stores n8n's account of the execution of row `id` (the `[n8n]` lookup); the rows changed (0:
+/// the row is not written yet).
+pub async fn set_n8n_execution(
+    pool: &Pool,
+    id: Uuid,
+    account: &serde_json::Value,
+) -> Result<u64, StoreError> {
+    let client = pool.get().await?;
+    let n = client
+        .execute(
+            "UPDATE communication_traces SET n8n_execution = $2 WHERE id = $1",
+            &[&id, account],
+        )
+        .await?;
+    Ok(n)
+}
+
 /// Takes the final updates PostgreSQL refused (the recorder journals them).
 pub type Refused = Box<dyn Fn(Vec<AttemptFinish>) + Send + Sync>;
 

@@ -18,11 +18,12 @@ use uuid::Uuid;
 use super::StoreError;
 use crate::trace::{Status, TraceRow};
 
-/// The DATA-002 columns, then trace-proxy's HTTP columns (sql/0002), in [`TraceRow`] order.
+/// The DATA-002 columns, then trace-proxy's HTTP columns (sql/0002) and n8n's account of the
+/// execution (sql/0010), in [`TraceRow`] order.
 pub const TRACE_COLUMNS: &str = "id, trace_id, execution_id, attempt_number, source_service, \
     destination_service, workflow_id, action, user_id, requested_at, responded_at, duration_ms, \
     request_payload, response_payload, overall_status, error_code, error_detail, n8n_execution_id, \
-    http_method, http_target, http_status";
+    http_method, http_target, http_status, n8n_execution";
 
 /// [`TRACE_COLUMNS`], with the payload columns read as NULL when they are not wanted (they are
 /// by far the widest part of a row; not reading them keeps `payloads=none` cheap).
@@ -33,7 +34,7 @@ fn columns(payloads: bool) -> &'static str {
         "id, trace_id, execution_id, attempt_number, source_service, \
          destination_service, workflow_id, action, user_id, requested_at, responded_at, \
          duration_ms, NULL::jsonb, NULL::jsonb, overall_status, error_code, error_detail, \
-         n8n_execution_id, http_method, http_target, http_status"
+         n8n_execution_id, http_method, http_target, http_status, n8n_execution"
     }
 }
 
@@ -87,6 +88,7 @@ pub fn trace_row(r: &Row) -> Result<TraceRow, tokio_postgres::Error> {
         http_method: r.try_get(18)?,
         http_target: r.try_get(19)?,
         http_status: r.try_get(20)?,
+        n8n_execution: r.try_get(21)?,
     })
 }
 

@@ -38,7 +38,10 @@ async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (upstream, proxy) = (args[1].clone(), args[2].clone());
     let pid: u32 = args[3].parse().expect("pid");
-    let steps: Vec<usize> = args[4].split(',').map(|s| s.parse().expect("step")).collect();
+    let steps: Vec<usize> = args[4]
+        .split(',')
+        .map(|s| s.parse().expect("step"))
+        .collect();
 
     let listener = TcpListener::bind(&upstream).await.expect("bind upstream");
     tokio::spawn(async move {

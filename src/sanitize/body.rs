@@ -155,7 +155,7 @@ impl Body<'_> {
             });
         }
         let textual = is_textual(&ctype);
-        if textual && !is_json_type(&ctype) {
+        if !is_json_type(&ctype) {
             if let Some(v) = self.mislabelled_json(bytes) {
                 return Some(v);
             }
@@ -172,9 +172,9 @@ impl Body<'_> {
         }
     }
 
-    /// A whole text body (n8n answers "Respond immediately" webhooks as `text/html`) that parses
-    /// as a JSON object or array: stored as JSON, an object noting the declared type in
-    /// `_content_type`.
+    /// A whole body labelled as something else (n8n answers "Respond immediately" webhooks as
+    /// `text/html`) that parses as a JSON object or array: stored as JSON, an object noting the
+    /// declared type in `_content_type`.
     fn mislabelled_json(&mut self, bytes: &[u8]) -> Option<(Value, bool)> {
         let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
         if self.cut || !matches!(first, Some(b'{' | b'[')) {

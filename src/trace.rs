@@ -135,6 +135,13 @@ pub fn iso_utc(t: &NaiveDateTime) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
+/// True for a time the tables can hold and the queries compare: years 1 to 9999 (PostgreSQL
+/// would refuse much of what lies beyond, and nothing stored is there).
+pub fn storable(t: &NaiveDateTime) -> bool {
+    use chrono::Datelike;
+    (1..=9999).contains(&t.year())
+}
+
 /// An RFC 3339 time with its zone (`2025-06-01T14:00:00+02:00`), as the UTC wall-clock time the
 /// tables store: the one parser for times given on the command line and to the query API.
 pub fn parse_rfc3339(s: &str) -> Result<NaiveDateTime, chrono::ParseError> {

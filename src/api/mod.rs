@@ -214,6 +214,7 @@ impl From<QueryError> for ApiError {
     fn from(e: QueryError) -> Self {
         match e {
             QueryError::Timeout => ApiError::Timeout,
+            QueryError::Invalid(m) => ApiError::BadRequest(m),
             QueryError::Store(e) => {
                 tracing::warn!(error = %Chain(&e), "admin query failed");
                 ApiError::Unavailable

@@ -75,10 +75,12 @@ impl Params {
             return Ok(None);
         };
         crate::trace::parse_rfc3339(v)
+            .ok()
+            .filter(crate::trace::storable)
             .map(Some)
-            .map_err(|_| {
+            .ok_or_else(|| {
                 format!(
-                    "`{name}` must be an RFC 3339 time with a zone, e.g. 2025-06-01T12:00:00Z, got {v:?}"
+                    "`{name}` must be an RFC 3339 time with a zone between the years 1 and 9999, e.g. 2025-06-01T12:00:00Z, got {v:?}"
                 )
             })
     }

@@ -1513,3 +1513,38 @@ async fn an_unreachable_database_is_a_503() {
     assert_eq!(v["error"]["code"], "STORE_UNAVAILABLE");
     a.stop().await;
 }
+
+#[tokio::test]
+async fn input_out_of_range_is_400_and_only_an_unreachable_store_is_503() {
+    use base64::Engine as _;
+    let db = TestDb::new().await;
+    let a = started(&db, "").await;
+    // A well-formed cursor whose time is in the year -200000.
+    let far = chrono::NaiveDate::from_ymd_opt(-200_000, 1, 1)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .expect("date")
+        .and_utc()
+        .timestamp_micros();
+    let cursor = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("v1:{far}:{}", uuid::Uuid::nil().simple()));
+    for path in [
+        format!("/api/traces?cursor={cursor}"),
+        format!("/api/workflows/w/failures?cursor={cursor}"),
+        "/api/traces?since=10000-01-01T00:00:00Z".to_owned(),
+        "/api/stats?until=0000-06-01T00:00:00Z".to_owned(),
+    ] {
+        let (status, v) = a.get(&path).await;
+        assert_eq!(status, 400, "{path}: {v}");
+        assert_eq!(v["error"]["code"], "BAD_REQUEST", "{path}");
+    }
+    a.stop().await;
+
+    // The store itself unreachable: 503.
+    let toml = admin_config(&db, closed_port().await, "")
+        .replace(&db.url(), "postgres://postgres@127.0.0.1:1/none");
+    let down = Admin::start(&toml).await;
+    let (status, v) = down.get("/api/traces").await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["error"]["code"], "STORE_UNAVAILABLE");
+    down.stop().await;
+}

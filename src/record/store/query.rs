@@ -44,6 +44,10 @@ pub enum QueryError {
     /// The server cancelled the statement (`statement_timeout`).
     #[error("query cancelled after the statement timeout")]
     Timeout,
+    /// PostgreSQL refused a value of the query itself (SQLSTATE class 22, e.g. a time out of
+    /// range): the asker's input, not the store.
+    #[error("a value of the query is out of range: {0}")]
+    Invalid(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -52,6 +56,9 @@ impl From<tokio_postgres::Error> for QueryError {
     fn from(e: tokio_postgres::Error) -> Self {
         if e.code() == Some(&SqlState::QUERY_CANCELED) {
             QueryError::Timeout
+        } else if e.code().is_some_and(|c| c.code().starts_with("22")) {
+            let message = e.as_db_error().map(|d| d.message().to_owned());
+            QueryError::Invalid(message.unwrap_or_else(|| "data exception".into()))
         } else {
             QueryError::Store(e.into())
         }
@@ -181,6 +188,9 @@ impl Cursor {
         let requested_at = chrono::DateTime::from_timestamp_micros(micros)
             .ok_or(BadCursor)?
             .naive_utc();
+        if !crate::trace::storable(&requested_at) {
+            return Err(BadCursor);
+        }
         let id = Uuid::parse_str(id).map_err(|_| BadCursor)?;
         Ok(Cursor { requested_at, id })
     }

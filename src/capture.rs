@@ -177,6 +177,9 @@ where
 pub(crate) struct RequestStats {
     pub bytes: AtomicU64,
     pub over_limit: AtomicBool,
+    /// Set when the client's own body stream failed (it disconnected mid-upload): the failure
+    /// is the client's, whatever the upstream exchange reports.
+    pub client_error: std::sync::OnceLock<String>,
 }
 
 /// Why reading the start of a request body failed.
@@ -382,7 +385,11 @@ where
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => {
+                let e: BoxError = e.into();
+                let _ = this.stats.client_error.set(error_chain(&*e));
+                Poll::Ready(Some(Err(e)))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }

@@ -249,9 +249,14 @@ pub(crate) fn upstream_request(
 pub(crate) fn classify(
     err: &hyper_util::client::legacy::Error,
     body_over_limit: Option<u64>,
+    client_body_error: Option<&String>,
 ) -> ProxyError {
     if let Some(limit) = body_over_limit {
         return ProxyError::BodyTooLarge(limit);
+    }
+    // The client's own body failed first: whatever the exchange reports next is its echo.
+    if let Some(e) = client_body_error {
+        return ProxyError::ClientBody(format!("mid-upload: {e}"));
     }
     let detail = error_chain(err);
     if is_tls(err) {

@@ -152,7 +152,8 @@ async fn exchange(
                 true => Failure::NotSent,
                 false => Failure::AfterSend,
             };
-            (forward::classify(&err, over), failure)
+            let client = attempt.stats.client_error.get();
+            (forward::classify(&err, over, client), failure)
         }
         Err(_) => (
             ProxyError::UpstreamTimeout(timeout.as_millis()),

@@ -648,3 +648,39 @@ async fn untunnelled_101_is_answered_502_and_recorded_as_failed() {
     assert!(detail.contains("101"), "{detail}");
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_leaving_mid_upload_is_blamed_not_the_upstream() {
+    let db = TestDb::new().await;
+    // An upstream that reads the whole request body before answering.
+    let up = upstream(|req: http::Request<hyper::body::Incoming>| async move {
+        let read = req.into_body().collect().await;
+        Response::new(full(if read.is_ok() { "read" } else { "cut" }))
+    })
+    .await;
+    let proxy = Proxy::start(&config(&db, up, "")).await;
+    let trace = new_trace_id();
+    let mut conn = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /webhook/upload HTTP/1.1\r\nhost: x\r\nx-trace-id: {trace}\r\n\
+         content-type: application/octet-stream\r\ncontent-length: 100000\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.expect("head");
+    // More than the capture buffer (1 KiB here), so the request is forwarded while it streams.
+    conn.write_all(&[b'x'; 5000])
+        .await
+        .expect("part of the body");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(conn);
+    let row = db.final_rows(&trace, 1).await.remove(0);
+    assert_eq!(row.get::<_, &str>("overall_status"), "failed");
+    assert_eq!(
+        row.get::<_, Option<&str>>("error_code"),
+        Some("CLIENT_ABORTED"),
+        "{:?}",
+        row.get::<_, Option<&str>>("error_detail")
+    );
+    proxy.stop().await;
+}

@@ -19,6 +19,7 @@ pub struct RawServer {
     pub request_body_timeout: Dur,
     pub max_request_body_bytes: u64,
     pub shutdown_timeout: Dur,
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for RawServer {
@@ -30,6 +31,7 @@ impl Default for RawServer {
             request_body_timeout: Dur::secs(30),
             max_request_body_bytes: 100 * 1024 * 1024,
             shutdown_timeout: Dur::secs(30),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -43,6 +45,16 @@ pub struct ServerConfig {
     /// `None` = unlimited.
     pub max_request_body_bytes: Option<u64>,
     pub shutdown_timeout: Duration,
+    /// Peers whose `X-Forwarded-*`/`Forwarded` headers are passed on (appended to); from
+    /// anyone else they are replaced by the proxy's own.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl ServerConfig {
+    /// True when `peer` is a trusted proxy.
+    pub fn trusts(&self, peer: std::net::IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|n| n.contains(&peer))
+    }
 }
 
 /// Checks `[server]`, pushing every problem.
@@ -54,7 +66,22 @@ pub(super) fn check(s: &RawServer, p: &mut Problems) -> Option<ServerConfig> {
         "server.request_body_timeout",
         s.request_body_timeout.millis(),
     );
+    let mut trusted_proxies = Vec::new();
+    for t in &s.trusted_proxies {
+        let parsed = ipnet::IpNet::from_str(t)
+            .or_else(|_| std::net::IpAddr::from_str(t).map(ipnet::IpNet::from));
+        match parsed {
+            Ok(n) => trusted_proxies.push(n),
+            Err(_) => p.at(
+                "server.trusted_proxies",
+                format!(
+                    "{t:?} is not an IP address or CIDR block (e.g. \"10.0.0.0/8\", \"127.0.0.1\")"
+                ),
+            ),
+        }
+    }
     Some(ServerConfig {
+        trusted_proxies,
         listen: listen?,
         max_connections: s.max_connections,
         header_read_timeout: s.header_read_timeout.0,

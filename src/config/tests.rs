@@ -493,3 +493,19 @@ fn route_timeouts_override_upstreams_and_are_checked() {
     );
     assert!(all.contains("unknown field `idel`"), "{all}");
 }
+
+#[test]
+fn trusted_proxies_are_addresses_or_blocks() {
+    let c = Config::from_toml_str(&format!(
+        "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"127.0.0.1\"]\n{MINIMAL}"
+    ))
+    .expect("valid");
+    assert!(c.server.trusts("10.1.2.3".parse().expect("ip")));
+    assert!(c.server.trusts("127.0.0.1".parse().expect("ip")));
+    assert!(!c.server.trusts("192.168.0.1".parse().expect("ip")));
+    let all = problems(&format!(
+        "[server]\ntrusted_proxies = [\"everyone\"]\n{MINIMAL}"
+    ))
+    .join("\n");
+    assert!(all.contains("server.trusted_proxies"), "{all}");
+}

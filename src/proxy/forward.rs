@@ -151,6 +151,57 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
+/// The forwarding headers a client may send; `_` variants of them are dropped too (some servers
+/// read `X_Forwarded_For` as `X-Forwarded-For`).
+const FORWARDING: [&str; 7] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-real-ip",
+];
+
+/// Sets this hop's forwarding headers. From a trusted proxy (`server.trusted_proxies`) the chain
+/// it sent is kept and this hop's client address appended to `X-Forwarded-For`; from anyone
+/// else whatever forwarding headers the client sent are removed first, so the upstream can
+/// trust what it gets: `X-Forwarded-For` = the peer, `X-Forwarded-Host` = the original host,
+/// `X-Forwarded-Proto` = `http`.
+fn forwarding_headers(
+    headers: &mut HeaderMap,
+    peer: SocketAddr,
+    host: Option<HeaderValue>,
+    trusted: bool,
+) {
+    let spoofable: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| {
+            let name = k.as_str();
+            let dashed = name.replace('_', "-");
+            FORWARDING.contains(&dashed.as_str()) && (!trusted || name.contains('_'))
+        })
+        .cloned()
+        .collect();
+    for k in spoofable {
+        headers.remove(k);
+    }
+    let peer_ip = peer.ip().to_string();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {peer_ip}"),
+        _ => peer_ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    if let Some(h) = host {
+        headers.entry("x-forwarded-host").or_insert(h);
+    }
+    headers
+        .entry("x-forwarded-proto")
+        .or_insert(HeaderValue::from_static("http"));
+}
+
 /// The original host: the single `Host` header, else the request URI's authority (HTTP/2).
 pub(crate) fn original_host(
     parts: &http::request::Parts,
@@ -221,21 +272,7 @@ pub(crate) fn upstream_request(
             headers.insert(header::HOST, h.clone());
         }
     }
-    // X-Forwarded-For: append this hop's client address to any existing chain.
-    let peer_ip = peer.ip().to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {peer_ip}"),
-        _ => peer_ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
-    }
-    if let Some(h) = host {
-        headers.entry("x-forwarded-host").or_insert(h);
-    }
-    headers
-        .entry("x-forwarded-proto")
-        .or_insert(HeaderValue::from_static("http"));
+    forwarding_headers(headers, peer, host, cfg.server.trusts(peer.ip()));
     if let Ok(v) = HeaderValue::from_str(&corr.trace_id) {
         headers.insert(ccfg.trace_id_header.clone(), v);
     }

@@ -470,3 +470,50 @@ async fn concurrent_migrations_apply_once() {
     let once: Vec<(i32, i64)> = expected.iter().map(|v| (*v, 1)).collect();
     assert_eq!(recorded, once);
 }
+
+/// A request carrying forwarding headers of its own, one with underscores.
+fn spoofing_request(trace: &str) -> String {
+    format!(
+        "GET /webhook/fwd HTTP/1.1\r\n\
+         Host: client-facing.example\r\n\
+         X-Forwarded-For: 6.6.6.6\r\n\
+         X-Forwarded-Host: evil.example\r\n\
+         X-Forwarded-Proto: https\r\n\
+         Forwarded: for=6.6.6.6;proto=https\r\n\
+         X-Real-IP: 6.6.6.6\r\n\
+         X_Forwarded_For: 7.7.7.7\r\n\
+         Connection: close\r\n\
+         X-Trace-Id: {trace}\r\n\r\n"
+    )
+}
+
+#[tokio::test]
+async fn forwarding_headers_are_the_proxys_own_unless_the_peer_is_trusted() {
+    let db = TestDb::new().await;
+    let (up, seen) = recording_upstream(|| Response::new(full("ok"))).await;
+    let proxy = Proxy::start(&config(&db, up, "")).await;
+    let trace = new_trace_id();
+    let resp = raw_http(proxy.addr, &spoofing_request(&trace)).await;
+    assert_eq!(resp.status, 200);
+    let got = seen_with_trace(&seen, &trace).headers;
+    assert_eq!(got["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(got["x-forwarded-host"], "client-facing.example");
+    assert_eq!(got["x-forwarded-proto"], "http");
+    for spoofed in ["forwarded", "x-real-ip", "x_forwarded_for"] {
+        assert!(!got.contains_key(spoofed), "{spoofed} passed: {got:?}");
+    }
+    proxy.stop().await;
+
+    // Behind a trusted proxy the chain it sent is kept and this hop appended.
+    let extra = "[server]\ntrusted_proxies = [\"127.0.0.0/8\"]\n";
+    let proxy = Proxy::start(&config(&db, up, extra)).await;
+    let trace = new_trace_id();
+    raw_http(proxy.addr, &spoofing_request(&trace)).await;
+    let got = seen_with_trace(&seen, &trace).headers;
+    assert_eq!(got["x-forwarded-for"], "6.6.6.6, 127.0.0.1");
+    assert_eq!(got["x-forwarded-host"], "evil.example");
+    assert_eq!(got["x-forwarded-proto"], "https");
+    assert_eq!(got["forwarded"], "for=6.6.6.6;proto=https");
+    assert!(!got.contains_key("x_forwarded_for"), "{got:?}");
+    proxy.stop().await;
+}

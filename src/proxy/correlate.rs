@@ -13,7 +13,12 @@ const MAX_ID_LEN: usize = 256;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Correlation {
+    /// The trace id as stored and logged: the client's, unless the value patterns call it a
+    /// secret (a JWT sent as `X-Trace-Id`), then `redacted:<keyed hash>` of it.
     pub trace_id: String,
+    /// The trace id as the client sent it, when it differs from `trace_id`: propagated upstream
+    /// and returned unchanged (the proxy stays transparent), never stored.
+    pub client_trace_id: Option<String>,
     /// The `traceparent` sent upstream.
     pub traceparent: String,
     pub execution_id: Option<Uuid>,
@@ -21,8 +26,36 @@ pub(crate) struct Correlation {
     /// `None` when the header was absent (the fallback applies unless the route requires it).
     pub user_id: Option<String>,
     pub action: Option<String>,
-    /// From a `/webhook-waiting/<id>` path, known before the response.
+    /// From a `/webhook-waiting/<id>` path, known before the response; sanitized like any stored
+    /// value.
     pub n8n_execution_id: Option<String>,
+}
+
+impl Correlation {
+    /// The trace id to send upstream and back to the client.
+    pub(crate) fn wire_trace_id(&self) -> &str {
+        self.client_trace_id.as_deref().unwrap_or(&self.trace_id)
+    }
+}
+
+/// Key of the trace-id hash: fixed, so the same secret-looking id always maps to the same
+/// stored id (across restarts and replicas), and the stored form cannot be computed from the
+/// id with a plain SHA-256.
+const TRACE_ID_HASH_KEY: &[u8] = b"trace-proxy: a trace id that looked like a secret";
+
+/// `redacted:<32 hex>` when the value patterns of `route` call `trace_id` a secret.
+fn stored_trace_id(route: &Route, trace_id: &str) -> Option<String> {
+    let (_, found) = route.sanitizer.column("trace_id", trace_id);
+    if found.is_empty() {
+        return None;
+    }
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, TRACE_ID_HASH_KEY);
+    let tag = ring::hmac::sign(&key, trace_id.as_bytes());
+    let hex: String = tag.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Some(format!("redacted:{hex}"))
 }
 
 pub(crate) fn correlate(
@@ -55,9 +88,14 @@ pub(crate) fn correlate(
         .strip_prefix("/webhook-waiting/")
         .and_then(|rest| rest.split('/').next())
         .filter(|s| !s.is_empty())
-        .map(str::to_owned);
+        .map(|id| route.sanitizer.column("n8n_execution_id", id).0);
+    let (trace_id, client_trace_id) = match stored_trace_id(route, &trace_id) {
+        Some(stored) => (stored, Some(trace_id)),
+        None => (trace_id, None),
+    };
     Correlation {
         trace_id,
+        client_trace_id,
         traceparent,
         execution_id,
         workflow_id,

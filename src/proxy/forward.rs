@@ -273,7 +273,7 @@ pub(crate) fn upstream_request(
         }
     }
     forwarding_headers(headers, peer, host, cfg.server.trusts(peer.ip()));
-    if let Ok(v) = HeaderValue::from_str(&corr.trace_id) {
+    if let Ok(v) = HeaderValue::from_str(corr.wire_trace_id()) {
         headers.insert(ccfg.trace_id_header.clone(), v);
     }
     if let Ok(v) = HeaderValue::from_str(&corr.traceparent) {

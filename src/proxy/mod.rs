@@ -257,7 +257,7 @@ fn add_correlation_headers(
     attempt_number: Option<i32>,
     cfg: &Config,
 ) {
-    if let Ok(v) = HeaderValue::from_str(&corr.trace_id) {
+    if let Ok(v) = HeaderValue::from_str(corr.wire_trace_id()) {
         headers.insert(cfg.correlation.trace_id_header.clone(), v);
     }
     if let Some(n) = attempt_number {

@@ -528,3 +528,40 @@ regex = "ORDSECRET-[0-9]+"
     );
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_secret_sent_as_trace_id_or_resume_id_is_stored_only_as_a_keyed_hash() {
+    let db = TestDb::new().await;
+    let (up, seen) = recording_upstream(|| Response::new(full("ok"))).await;
+    let proxy = Proxy::start(&config(&db, up, "")).await;
+    for _ in 0..2 {
+        let req = Request::post(proxy.url("/webhook/x"))
+            .header("x-trace-id", JWT)
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .expect("request");
+        let (parts, _) = send(req).await;
+        // Transparent: the client's own id goes upstream and comes back unchanged.
+        assert_eq!(parts.headers["x-trace-id"], JWT);
+    }
+    assert_eq!(seen_with_trace(&seen, JWT).headers["x-trace-id"], JWT);
+    let resume = format!("/webhook-waiting/{JWT}");
+    let (parts, _) = send(get(&proxy.url(&resume), &new_trace_id())).await;
+    assert_eq!(parts.status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    proxy.stop().await;
+
+    // Correlation still works: both attempts share one stored id, numbered 1 and 2.
+    let rows = db
+        .rows("SELECT trace_id, attempt_number FROM communication_traces WHERE trace_id LIKE 'redacted:%' ORDER BY attempt_number")
+        .await;
+    assert_eq!(rows.len(), 2);
+    let stored: &str = rows[0].get(0);
+    assert_eq!(stored.len(), "redacted:".len() + 32, "{stored}");
+    assert_eq!(rows[1].get::<_, &str>(0), stored);
+    assert_eq!((rows[0].get::<_, i32>(1), rows[1].get::<_, i32>(1)), (1, 2));
+    let dump = pg_dump(&db);
+    assert!(
+        !dump.contains("eyJhbGciOiJIUzI1NiJ9"),
+        "a JWT reached the database"
+    );
+}

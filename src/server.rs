@@ -22,6 +22,14 @@ use crate::error::Chain;
 use crate::proxy::{self, App};
 use crate::shutdown::Shutdown;
 
+/// Largest request head buffered per connection (HTTP/1.1 read buffer, HTTP/2 header list): a
+/// head still incomplete at this size is refused, so idle half-sent heads cannot pile up memory.
+const MAX_HEAD_BUFFER: usize = 64 * 1024;
+/// HTTP/2 keep-alive: a ping this often, and the connection closed when one goes unanswered
+/// this long (a vanished peer does not hold its slot).
+const H2_PING_EVERY: Duration = Duration::from_secs(20);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// How a listener treats its connections.
 #[derive(Debug, Clone)]
 pub(crate) struct Limits {
@@ -100,6 +108,29 @@ impl Open {
     }
 }
 
+/// The connection builder of a listener: HTTP/1.1 with the head deadline and buffer cap, and
+/// HTTP/2 with keep-alive pings where enabled.
+fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(MAX_HEAD_BUFFER)
+        .keep_alive(true);
+    if limits.http2 {
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(H2_PING_EVERY))
+            .keep_alive_timeout(H2_PING_TIMEOUT)
+            .max_header_list_size(MAX_HEAD_BUFFER as u32);
+    } else {
+        builder = builder.http1_only();
+    }
+    builder
+}
+
 /// Accepts connections on `listener` and serves each with `handler` until `shutdown` begins;
 /// returns the connections still open.
 pub(crate) async fn accept<H, F, B>(
@@ -115,17 +146,7 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .keep_alive(true);
-    if limits.http2 {
-        builder.http2().timer(TokioTimer::new());
-    } else {
-        builder = builder.http1_only();
-    }
+    let builder = builder(limits);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut conns = JoinSet::new();
@@ -153,18 +174,37 @@ where
             _ = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
+        let first_byte = limits.header_read_timeout;
         let handler = handler.clone();
         let service = service_fn(move |req| {
             let answer = handler(req, peer);
             async move { Ok::<_, Infallible>(answer.await) }
         });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let stop = stop.clone();
         let name = limits.name;
         conns.spawn(async move {
-            if let Err(e) = conn.await {
+            // The request head's deadline starts only after hyper has told HTTP/1 from HTTP/2,
+            // which waits for bytes with no timer of its own: a client that sends nothing is
+            // cut here, and its slot freed.
+            let mut byte = [0u8; 1];
+            let first = tokio::select! {
+                r = tokio::time::timeout(first_byte, stream.peek(&mut byte)) => {
+                    matches!(r, Ok(Ok(n)) if n > 0)
+                }
+                () = stop.cancelled() => false,
+            };
+            if !first {
+                tracing::debug!(listener = name, %peer, "nothing sent within the header deadline; closed");
+                drop(permit);
+                return;
+            }
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            let result = watcher.watch(conn).await;
+            if let Err(e) = result {
                 tracing::debug!(listener = name, %peer, error = %Chain(&*e), "connection ended with an error");
             }
             drop(permit);

@@ -61,6 +61,8 @@ use render::Projection;
 pub const MAX_CHAIN: i64 = 1000;
 /// Concurrent admin connections; more wait in the accept queue.
 const MAX_CONNECTIONS: usize = 64;
+/// Time an admin connection has to send its request head.
+const ADMIN_HEAD_DEADLINE: Duration = Duration::from_secs(2);
 /// Default stats window: the last day.
 const DEFAULT_STATS_WINDOW: chrono::TimeDelta = chrono::TimeDelta::days(1);
 
@@ -168,7 +170,8 @@ pub fn start(
     let limits = server::Limits {
         name: "admin",
         max_connections: MAX_CONNECTIONS,
-        header_read_timeout: config.server.header_read_timeout,
+        // Short: health checks must get a slot even when idle sockets try to hold them all.
+        header_read_timeout: config.server.header_read_timeout.min(ADMIN_HEAD_DEADLINE),
         http2: true,
     };
     let handler = move |req, peer: std::net::SocketAddr| {

@@ -517,3 +517,52 @@ async fn forwarding_headers_are_the_proxys_own_unless_the_peer_is_trusted() {
     assert!(!got.contains_key("x_forwarded_for"), "{got:?}");
     proxy.stop().await;
 }
+
+/// Whether the server closed `conn` within `within` (EOF or reset on read).
+async fn closed_within(conn: &mut tokio::net::TcpStream, within: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(within, conn.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_at_the_header_deadline() {
+    let db = TestDb::new().await;
+    let extra = "[server]\nheader_read_timeout = \"300ms\"\n";
+    let proxy = Proxy::start(&config(&db, closed_port().await, extra)).await;
+    let mut silent = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    assert!(
+        closed_within(&mut silent, std::time::Duration::from_secs(3)).await,
+        "a silent connection was held open"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn health_answers_while_idle_sockets_try_to_hold_every_admin_slot() {
+    let db = TestDb::new().await;
+    let proxy = Proxy::start_with_admin(&config(&db, closed_port().await, "")).await;
+    let admin = proxy.admin.expect("admin listener");
+    // More silent sockets than the admin listener has slots (64).
+    let mut idle = Vec::new();
+    for _ in 0..80 {
+        idle.push(
+            tokio::net::TcpStream::connect(admin)
+                .await
+                .expect("connect"),
+        );
+    }
+    let req = http::Request::get(format!("http://{admin}/healthz"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let answered = tokio::time::timeout(std::time::Duration::from_secs(8), send(req)).await;
+    let (parts, _) = answered.expect("/healthz answered while idle sockets were open");
+    assert_eq!(parts.status, 200);
+    drop(idle);
+    proxy.stop().await;
+}

@@ -21,6 +21,7 @@ mod retry;
 pub mod sanitize;
 mod server;
 pub mod shutdown;
+mod stall;
 pub mod trace;
 
 pub use record::{spool, store};

@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 use crate::error::Chain;
 use crate::proxy::{self, App};
 use crate::shutdown::Shutdown;
+use crate::stall::StallGuard;
 
 /// Largest request head buffered per connection (HTTP/1.1 read buffer, HTTP/2 header list): a
 /// head still incomplete at this size is refused, so idle half-sent heads cannot pile up memory.
@@ -41,6 +42,8 @@ pub(crate) struct Limits {
     pub header_read_timeout: Duration,
     /// Also serve HTTP/2 with prior knowledge (h2c).
     pub http2: bool,
+    /// A write to the client that makes no progress this long fails (the client stopped reading).
+    pub send_timeout: Duration,
 }
 
 /// Serves the proxy on `listener` until shutdown begins, then lets open connections finish their
@@ -53,6 +56,7 @@ pub(crate) async fn serve(listener: TcpListener, app: Arc<App>, shutdown: &Shutd
         max_connections: cfg.max_connections,
         header_read_timeout: cfg.header_read_timeout,
         http2: true,
+        send_timeout: cfg.send_timeout,
     };
     let handler = {
         let app = app.clone();
@@ -174,7 +178,7 @@ where
             _ = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let first_byte = limits.header_read_timeout;
+        let (first_byte, send_timeout) = (limits.header_read_timeout, limits.send_timeout);
         let handler = handler.clone();
         let service = service_fn(move |req| {
             let answer = handler(req, peer);
@@ -200,8 +204,9 @@ where
                 drop(permit);
                 return;
             }
+            let io = StallGuard::new(TokioIo::new(stream), send_timeout);
             let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .serve_connection_with_upgrades(io, service)
                 .into_owned();
             let result = watcher.watch(conn).await;
             if let Err(e) = result {

@@ -19,6 +19,7 @@ pub struct RawServer {
     pub request_body_timeout: Dur,
     pub max_request_body_bytes: u64,
     pub shutdown_timeout: Dur,
+    pub send_timeout: Dur,
     pub trusted_proxies: Vec<String>,
 }
 
@@ -31,6 +32,7 @@ impl Default for RawServer {
             request_body_timeout: Dur::secs(30),
             max_request_body_bytes: 100 * 1024 * 1024,
             shutdown_timeout: Dur::secs(30),
+            send_timeout: Dur::secs(60),
             trusted_proxies: Vec::new(),
         }
     }
@@ -45,6 +47,9 @@ pub struct ServerConfig {
     /// `None` = unlimited.
     pub max_request_body_bytes: Option<u64>,
     pub shutdown_timeout: Duration,
+    /// A response write that makes no progress this long cuts the connection (the client
+    /// stopped reading).
+    pub send_timeout: Duration,
     /// Peers whose `X-Forwarded-*`/`Forwarded` headers are passed on (appended to); from
     /// anyone else they are replaced by the proxy's own.
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -80,7 +85,9 @@ pub(super) fn check(s: &RawServer, p: &mut Problems) -> Option<ServerConfig> {
             ),
         }
     }
+    p.positive("server.send_timeout", s.send_timeout.millis());
     Some(ServerConfig {
+        send_timeout: s.send_timeout.0,
         trusted_proxies,
         listen: listen?,
         max_connections: s.max_connections,

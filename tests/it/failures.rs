@@ -684,3 +684,53 @@ async fn a_client_leaving_mid_upload_is_blamed_not_the_upstream() {
     );
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_at_the_send_timeout() {
+    let db = TestDb::new().await;
+    let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = released.clone();
+    // An upstream with an endless body; it notices when the proxy lets go of it.
+    let up = upstream(move |_req| {
+        let flag = flag.clone();
+        async move {
+            let (tx, body) = channel_body();
+            tokio::spawn(async move {
+                let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+                while tx.send(chunk.clone()).await.is_ok() {}
+                flag.store(true, Ordering::SeqCst);
+            });
+            Response::new(body)
+        }
+    })
+    .await;
+    let extra = "[server]\nsend_timeout = \"500ms\"\n[upstream]\nidle_timeout = \"60s\"\n";
+    let proxy = Proxy::start(&config(&db, up, extra)).await;
+    let trace = new_trace_id();
+    let mut conn = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    let head = format!("GET /big HTTP/1.1\r\nhost: x\r\nx-trace-id: {trace}\r\n\r\n");
+    conn.write_all(head.as_bytes()).await.expect("request");
+    let mut first = [0u8; 1024];
+    let _ = conn.read(&mut first).await.expect("the response starts");
+    // Then the client reads nothing more, with the connection open.
+    let row = db.final_rows(&trace, 1).await.remove(0);
+    assert_eq!(row.get::<_, &str>("overall_status"), "failed");
+    assert_eq!(
+        row.get::<_, Option<&str>>("error_code"),
+        Some("CLIENT_ABORTED")
+    );
+    for _ in 0..100 {
+        if released.load(Ordering::SeqCst) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        released.load(Ordering::SeqCst),
+        "the upstream exchange was not released"
+    );
+    drop(conn);
+    proxy.stop().await;
+}

@@ -301,8 +301,8 @@ fn builtin(name: &str) -> Option<(&'static str, &'static str, Kind)> {
 }
 
 /// `name=value`, `name: value`, `"name": "value"` (also with escaped quotes, as in JSON inside
-/// a JSON string). A value may be quoted, or an auth scheme word and its token, or a bare token.
-const KEY_VALUE: &str = r#"(?P<key>\\?"[^"\\\n]{1,64}\\?"|'[^'\\\n]{1,64}'|[A-Za-z_][A-Za-z0-9_.\-\[\]]{0,63})[ \t]{0,8}[:=][ \t]{0,8}(?P<val>\\"(?:[^"\\]|\\[^"])*(?:\\"|\z)|"(?:[^"\\]|\\.)*(?:"|\z)|'[^'\n]*(?:'|\z)|(?i:(?:bearer|basic|digest|token|apikey)[ \t]+)?[^\s&,;"'<>(){}\\]+)"#;
+/// a JSON string, escaped any number of times). A value may be quoted, or an auth scheme word and its token, or a bare token.
+const KEY_VALUE: &str = r#"(?P<key>\\*"[^"\\\n]{1,64}\\*"|'[^'\\\n]{1,64}'|[A-Za-z_][A-Za-z0-9_.\-\[\]]{0,63})[ \t]{0,8}[:=][ \t]{0,8}(?P<val>\\+"(?:[^"\\]|\\+[^"\\])*(?:\\+"|\z)|"(?:[^"\\]|\\.)*(?:"|\z)|'[^'\n]*(?:'|\z)|(?i:(?:bearer|basic|digest|token|apikey)[ \t]+)?[^\s&,;"'<>(){}\\]+)"#;
 
 /// Size limit for a compiled pattern (configured patterns included).
 const REGEX_SIZE_LIMIT: usize = 2 << 20;
@@ -572,15 +572,22 @@ fn is_permission(between: &str, key: &str, val: &str) -> bool {
         && PERMISSION_ACTIONS.contains(&val)
 }
 
-/// (opening quote, content, closing quote) of a `key_value` value.
+/// (opening quote, content, closing quote) of a `key_value` value; a quote may be escaped any
+/// number of times (`\\\"` in JSON inside JSON inside a string).
 fn split_quotes(val: &str) -> (&str, &str, &str) {
-    for q in ["\\\"", "\"", "'"] {
-        if let Some(rest) = val.strip_prefix(q) {
-            return match rest.strip_suffix(q) {
-                Some(inner) => (q, inner, q),
-                None => (q, rest, ""),
-            };
-        }
+    let escapes = val.bytes().take_while(|&b| b == b'\\').count();
+    if val.as_bytes().get(escapes) == Some(&b'"') {
+        let (open, rest) = val.split_at(escapes + 1);
+        return match rest.strip_suffix(open) {
+            Some(inner) => (open, inner, open),
+            None => (open, rest, ""),
+        };
+    }
+    if let Some(rest) = val.strip_prefix('\'') {
+        return match rest.strip_suffix('\'') {
+            Some(inner) => ("'", inner, "'"),
+            None => ("'", rest, ""),
+        };
     }
     ("", val, "")
 }

@@ -9,6 +9,9 @@ mod capture;
 pub mod config;
 pub mod diff;
 pub mod error;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
 mod insight;
 pub mod metrics;
 mod n8n;

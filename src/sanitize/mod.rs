@@ -16,6 +16,12 @@
 mod body;
 mod decode;
 mod lenient;
+
+/// The lenient JSON prefix parser, for the fuzz targets.
+#[cfg(fuzzing)]
+pub fn lenient_prefix(text: &str) -> Option<Value> {
+    lenient::parse_prefix(text)
+}
 mod multipart;
 mod redact;
 pub mod rules;

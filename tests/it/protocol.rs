@@ -566,3 +566,61 @@ async fn health_answers_while_idle_sockets_try_to_hold_every_admin_slot() {
     drop(idle);
     proxy.stop().await;
 }
+
+/// Request-smuggling vectors: each carries a second request (`GET /smuggled`) that a proxy
+/// disagreeing with its upstream about where the first one ends would forward.
+const DESYNC: [(&str, &str); 12] = [
+    ("CL.TE", "Content-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ("TE.CL", "Transfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n5c\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\nContent-Length: 15\r\n\r\nx=1\r\n0\r\n\r\n"),
+    ("duplicate CL", "Content-Length: 0\r\nContent-Length: 44\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ("CL list", "Content-Length: 0, 44\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ("TE obfuscated", "Transfer-Encoding: xchunked\r\nContent-Length: 0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ("TE obs-fold", "Transfer-Encoding:\r\n chunked\r\nContent-Length: 0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ("TE space before colon", "Transfer-Encoding : chunked\r\nContent-Length: 0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ("TE chunked, identity", "Transfer-Encoding: chunked, identity\r\nContent-Length: 0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ("bad chunk size", "Transfer-Encoding: chunked\r\n\r\nzz\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ("chunk size overflow", "Transfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ("CL plus sign", "Content-Length: +0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ("bare LF chunk", "Transfer-Encoding: chunked\r\n\r\n0\n\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"),
+];
+
+#[tokio::test]
+async fn no_desync_vector_smuggles_a_second_request_upstream() {
+    let db = TestDb::new().await;
+    let paths: std::sync::Arc<std::sync::Mutex<Vec<String>>> = std::sync::Arc::default();
+    let seen = paths.clone();
+    let up = upstream(move |req: http::Request<hyper::body::Incoming>| {
+        let seen = seen.clone();
+        async move {
+            seen.lock().expect("lock").push(req.uri().path().to_owned());
+            let _ = http_body_util::BodyExt::collect(req.into_body()).await;
+            Response::new(full("ok"))
+        }
+    })
+    .await;
+    let proxy = Proxy::start(&config(&db, up, "[server]\nheader_read_timeout = \"1s\"\n")).await;
+    for (name, rest) in DESYNC {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(proxy.addr)
+            .await
+            .expect("connect");
+        let request = format!("POST /webhook/first HTTP/1.1\r\nHost: x\r\n{rest}");
+        conn.write_all(request.as_bytes()).await.expect("write");
+        let mut answer = Vec::new();
+        // Answered (or closed) and done: the proxy must not wait for more, nor forward more.
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            conn.read_to_end(&mut answer),
+        )
+        .await;
+        let _ = (name, read);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let seen = paths.lock().expect("lock").clone();
+    assert!(
+        !seen.iter().any(|p| p == "/smuggled"),
+        "a smuggled request reached the upstream: {seen:?}"
+    );
+    assert!(seen.len() <= DESYNC.len(), "{seen:?}");
+    proxy.stop().await;
+}

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Memory ceiling of idle and half-sent connections: a release trace-proxy (header deadline
+# HEAD_DEADLINE), CONNS connections each sending HEAD_BYTES of a request head that never ends
+# (examples/idle_conns), the proxy's resident memory before, with all of them open, and after
+# the deadline has closed them.
+#
+#   bench/idle.sh                                   # 10,000 connections, 8 KiB heads
+#   CONNS=10000 HEAD_BYTES=0 bench/idle.sh          # connections that send nothing
+#
+# Environment (all optional): CONNS (10000), HEAD_BYTES (8192), HEAD_DEADLINE (10s),
+# BENCH_PORT_BASE (28400), BENCH_DATABASE_URL (postgres://postgres@127.0.0.1:5432/postgres)
+set -euo pipefail
+
+# shellcheck source=bench/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+BENCH_NAME=bench/idle
+
+CONNS=${CONNS:-10000}
+HEAD_BYTES=${HEAD_BYTES:-8192}
+HEAD_DEADLINE=${HEAD_DEADLINE:-10s}
+BENCH_PORT_BASE=${BENCH_PORT_BASE:-28400}
+BENCH_DATABASE_URL=${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+BENCH_DB=trace_proxy_bench_idle
+HOST=127.0.0.1
+int_at_least CONNS 1
+int_at_least HEAD_BYTES 0
+int_at_least BENCH_PORT_BASE 1024
+require_loopback_database_url
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PROXY_PORT=$BENCH_PORT_BASE
+ADMIN_PORT=$((BENCH_PORT_BASE + 1))
+
+PROXY_PID=""
+TMP=$(mktemp -d)
+PSQL=$(find_pg_tool psql)
+cleanup() {
+    if [[ -n $PROXY_PID ]] && kill -0 "$PROXY_PID" 2>/dev/null; then
+        kill -TERM "$PROXY_PID" 2>/dev/null || true
+        wait "$PROXY_PID" 2>/dev/null || true
+    fi
+    "$PSQL" -X -q "$BENCH_DATABASE_URL" -c "SET client_min_messages = warning" \
+        -c "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)" >/dev/null 2>&1 || true
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+log "cargo build --release --bin trace-proxy --example idle_conns"
+(cd "$REPO" && cargo build --release --bin trace-proxy --example idle_conns >&2)
+TARGET_DIR=$(cargo_target_dir)
+"$PSQL" -X -q "$BENCH_DATABASE_URL" -c "SET client_min_messages = warning" \
+    -c "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)" -c "CREATE DATABASE $BENCH_DB" >/dev/null
+for port in "$PROXY_PORT" "$ADMIN_PORT"; do
+    ensure_port_free "$port" "set BENCH_PORT_BASE to a free range"
+done
+cat >"$TMP/proxy.toml" <<TOML
+[server]
+listen = "$HOST:$PROXY_PORT"
+max_connections = $((CONNS + 100))
+header_read_timeout = "$HEAD_DEADLINE"
+[database]
+url = "$(bench_database_url)"
+[log]
+level = "warn"
+[spool]
+dir = "$TMP/spool"
+[admin]
+listen = "$HOST:$ADMIN_PORT"
+[[routes]]
+name = "n8n"
+upstream = "http://$HOST:9"
+source_service = "bilko-app"
+destination_service = "n8n"
+TOML
+"$TARGET_DIR/release/trace-proxy" --config "$TMP/proxy.toml" >"$TMP/proxy.log" 2>&1 &
+PROXY_PID=$!
+wait_for_port "$PROXY_PORT" "$PROXY_PID" 30 trace-proxy "$TMP/proxy.log"
+wait_s=$(( $(to_ms "$HEAD_DEADLINE" | cut -d. -f1) / 1000 + 3 ))
+"$TARGET_DIR/release/examples/idle_conns" "$HOST:$PROXY_PORT" "$PROXY_PID" "$CONNS" "$HEAD_BYTES" "$wait_s"

@@ -376,6 +376,37 @@ fn a_compression_bomb_stops_at_the_decode_cap() {
     assert!(size(&v) <= 1000 + MARKER_OVERHEAD);
 }
 
+#[test]
+fn brotli_and_deflate_bombs_stop_at_the_decode_cap_too() {
+    let spec = RuleSpec {
+        max_decoded_bytes: 10_000,
+        ..RuleSpec::default()
+    };
+    let san = Sanitizer::try_new(&spec).expect("valid");
+    let zeros = vec![b'0'; 20_000_000];
+    let mut br = Vec::new();
+    {
+        let mut w = brotli::CompressorWriter::new(&mut br, 4096, 9, 22);
+        w.write_all(&zeros).expect("compress");
+    }
+    let mut deflate = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    deflate.write_all(&zeros).expect("compress");
+    let deflate = deflate.finish().expect("finish");
+    for (encoding, bomb) in [("br", br), ("deflate", deflate)] {
+        assert!(bomb.len() < 200_000, "{encoding}: {} bytes", bomb.len());
+        let out = san.payload(
+            BodySample {
+                content_encoding: Some(encoding),
+                ..sample(&bomb, Some("text/plain"))
+            },
+            1000,
+        );
+        let v = out.value.expect("stored");
+        assert_eq!(v["_truncated"]["cut"], true, "{encoding}: {v}");
+        assert!(size(&v) <= 1000 + MARKER_OVERHEAD, "{encoding}");
+    }
+}
+
 // ---- truncation --------------------------------------------------------------------------
 
 #[test]

@@ -624,3 +624,53 @@ async fn no_desync_vector_smuggles_a_second_request_upstream() {
     assert!(seen.len() <= DESYNC.len(), "{seen:?}");
     proxy.stop().await;
 }
+
+/// One HTTP/2 frame: 9-byte header, then `payload`.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).expect("frame length");
+    let mut f = len.to_be_bytes()[1..].to_vec();
+    f.extend([kind, flags]);
+    f.extend((stream & 0x7fff_ffff).to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+#[tokio::test]
+async fn http2_control_frame_floods_do_not_take_the_proxy_down() {
+    use tokio::io::AsyncWriteExt;
+    const FRAMES: usize = 50_000;
+    let db = TestDb::new().await;
+    let up = upstream(|_req| async { Response::new(full("ok")) }).await;
+    let proxy = Proxy::start(&config(&db, up, "")).await;
+    let floods: [(&str, Vec<u8>); 4] = [
+        ("PING", h2_frame(0x6, 0, 0, &[7u8; 8])),
+        ("SETTINGS", h2_frame(0x4, 0, 0, &[])),
+        ("WINDOW_UPDATE", h2_frame(0x8, 0, 0, &1u32.to_be_bytes())),
+        // Empty DATA on a stream that was never opened.
+        ("empty DATA", h2_frame(0x0, 0, 1, &[])),
+    ];
+    for (name, frame) in floods {
+        let mut conn = tokio::net::TcpStream::connect(proxy.addr)
+            .await
+            .expect("connect");
+        let mut flood = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        flood.extend(h2_frame(0x4, 0, 0, &[]));
+        for _ in 0..FRAMES {
+            flood.extend_from_slice(&frame);
+        }
+        // Written without reading a byte back; the proxy may stop reading or close.
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(5), conn.write_all(&flood)).await;
+        // Meanwhile another client is served.
+        let trace = new_trace_id();
+        let answered = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            send(get(&proxy.url("/webhook/after-flood"), &trace)),
+        )
+        .await;
+        let (parts, _) = answered.unwrap_or_else(|_| panic!("no answer during a {name} flood"));
+        assert_eq!(parts.status, 200, "{name}");
+        drop(conn);
+    }
+    proxy.stop().await;
+}

@@ -212,3 +212,22 @@ start_admin_proxy() {
     PROXY_PID=$!
     wait_for_port "$ADMIN_PORT" "$PROXY_PID" 30 trace-proxy "$TMP/proxy.log"
 }
+
+# For a script that runs one release trace-proxy on its own database BENCH_DB: stops PROXY_PID if
+# it runs, drops BENCH_DB (with PSQL) and removes TMP. Install it as the EXIT trap.
+stop_proxy_drop_db() {
+    if [[ -n ${PROXY_PID:-} ]] && kill -0 "$PROXY_PID" 2>/dev/null; then
+        kill -TERM "$PROXY_PID" 2>/dev/null || true
+        wait "$PROXY_PID" 2>/dev/null || true
+    fi
+    "$PSQL" -X -q "$BENCH_DATABASE_URL" -c "SET client_min_messages = warning" \
+        -c "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)" >/dev/null 2>&1 || true
+    [[ -n ${TMP:-} ]] && rm -rf "$TMP"
+}
+
+# Drops and creates BENCH_DB (with PSQL).
+recreate_bench_db() {
+    log "re-creating database $BENCH_DB"
+    "$PSQL" -X -q "$BENCH_DATABASE_URL" -c "SET client_min_messages = warning" \
+        -c "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)" -c "CREATE DATABASE $BENCH_DB" >/dev/null
+}

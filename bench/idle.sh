@@ -33,23 +33,13 @@ ADMIN_PORT=$((BENCH_PORT_BASE + 1))
 PROXY_PID=""
 TMP=$(mktemp -d)
 PSQL=$(find_pg_tool psql)
-cleanup() {
-    if [[ -n $PROXY_PID ]] && kill -0 "$PROXY_PID" 2>/dev/null; then
-        kill -TERM "$PROXY_PID" 2>/dev/null || true
-        wait "$PROXY_PID" 2>/dev/null || true
-    fi
-    "$PSQL" -X -q "$BENCH_DATABASE_URL" -c "SET client_min_messages = warning" \
-        -c "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)" >/dev/null 2>&1 || true
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
+trap stop_proxy_drop_db EXIT
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 log "cargo build --release --bin trace-proxy --example idle_conns"
 (cd "$REPO" && cargo build --release --bin trace-proxy --example idle_conns >&2)
 TARGET_DIR=$(cargo_target_dir)
-"$PSQL" -X -q "$BENCH_DATABASE_URL" -c "SET client_min_messages = warning" \
-    -c "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)" -c "CREATE DATABASE $BENCH_DB" >/dev/null
+recreate_bench_db
 for port in "$PROXY_PORT" "$ADMIN_PORT"; do
     ensure_port_free "$port" "set BENCH_PORT_BASE to a free range"
 done

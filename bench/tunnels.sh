@@ -31,16 +31,7 @@ ADMIN_PORT=$((BENCH_PORT_BASE + 2))
 PROXY_PID=""
 TMP=$(mktemp -d)
 PSQL=$(find_pg_tool psql)
-cleanup() {
-    if [[ -n $PROXY_PID ]] && kill -0 "$PROXY_PID" 2>/dev/null; then
-        kill -TERM "$PROXY_PID" 2>/dev/null || true
-        wait "$PROXY_PID" 2>/dev/null || true
-    fi
-    "$PSQL" -X -q "$BENCH_DATABASE_URL" -c "SET client_min_messages = warning" \
-        -c "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)" >/dev/null 2>&1 || true
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
+trap stop_proxy_drop_db EXIT
 
 # Two file descriptors per tunnel in the proxy, two in the example.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -49,9 +40,7 @@ log "cargo build --release --bin trace-proxy --example tunnels"
 (cd "$REPO" && cargo build --release --bin trace-proxy --example tunnels >&2)
 TARGET_DIR=$(cargo_target_dir)
 
-log "re-creating database $BENCH_DB"
-"$PSQL" -X -q "$BENCH_DATABASE_URL" -c "SET client_min_messages = warning" \
-    -c "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)" -c "CREATE DATABASE $BENCH_DB" >/dev/null
+recreate_bench_db
 
 for port in "$UPSTREAM_PORT" "$PROXY_PORT" "$ADMIN_PORT"; do
     ensure_port_free "$port" "set BENCH_PORT_BASE to a free range"

@@ -674,3 +674,27 @@ async fn http2_control_frame_floods_do_not_take_the_proxy_down() {
     }
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_at_the_header_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::new().await;
+    let up = upstream(|_req| async { Response::new(full("ok")) }).await;
+    let extra = "[server]\nheader_read_timeout = \"300ms\"\n";
+    let proxy = Proxy::start(&config(&db, up, extra)).await;
+    let mut conn = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    let trace = new_trace_id();
+    let req = format!("GET /webhook/ka HTTP/1.1\r\nHost: x\r\nX-Trace-Id: {trace}\r\n\r\n");
+    conn.write_all(req.as_bytes()).await.expect("request");
+    let mut buf = vec![0u8; 4096];
+    let n = conn.read(&mut buf).await.expect("response");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Then nothing: the next request head never comes.
+    assert!(
+        closed_within(&mut conn, std::time::Duration::from_secs(3)).await,
+        "an idle keep-alive connection was held open"
+    );
+    proxy.stop().await;
+}

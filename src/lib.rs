@@ -175,6 +175,8 @@ async fn serve_all(
     stop: &Shutdown,
 ) -> Result<(), RunError> {
     let pool = recorder.pool().clone();
+    tracing::info!(database = %config.database.describe(), on_unavailable = ?config.database.on_unavailable,
+        "recording to PostgreSQL");
     if config.database.run_migrations {
         // Migrate before serving when the database is there; otherwise keep trying in the
         // background while requests follow the `on_unavailable` policy.

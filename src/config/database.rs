@@ -75,6 +75,23 @@ pub struct DatabaseConfig {
 }
 
 impl DatabaseConfig {
+    /// The database, for log lines: `postgres://user@host:port/dbname`, never the password.
+    pub fn describe(&self) -> String {
+        let host = match self.pg.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".into(),
+        };
+        let port = self.pg.get_ports().first().copied().unwrap_or(5432);
+        format!(
+            "postgres://{}@{host}:{port}/{}",
+            self.pg.get_user().unwrap_or(""),
+            self.pg.get_dbname().unwrap_or("")
+        )
+    }
+}
+
+impl DatabaseConfig {
     /// The client-side bound on one round trip of the writer or the replayer: the server-side
     /// `statement_timeout` plus a second. A connection that passes it (a frozen server) is
     /// discarded, never reused.

@@ -55,6 +55,8 @@ pub struct Tasks {
     replay: Option<ReplayCtx>,
     replayer: Option<Replayer>,
     appender: Option<Appender>,
+    /// The journal, to say at shutdown what is left in it.
+    spool: Option<Spool>,
 }
 
 /// Whether the proxy can record (`/readyz`).
@@ -160,6 +162,7 @@ impl Recorder {
         }));
         let tasks = Tasks {
             writer,
+            spool: recorder.0.spool.clone(),
             replay,
             replayer: None,
             appender,
@@ -288,6 +291,10 @@ impl Tasks {
             if !appender.close(shutdown.remaining()).await {
                 tracing::error!("shutdown deadline passed before the spool journal was synced");
             }
+        }
+        if let Some(spool) = self.spool.filter(|s| s.records() > 0) {
+            tracing::warn!(records = spool.records(), dir = %spool.dir().display(),
+                "records still waiting in the spool journal: replayed at the next start on this directory, or by `trace-proxy spool replay`");
         }
         drained
     }

@@ -52,6 +52,15 @@ pub enum ReplayError {
     Task(#[source] tokio::task::JoinError),
     #[error("{0} journal records were not replayed")]
     Left(u64),
+    /// The journal's records belong to another database than the configured one.
+    #[error("the spool journal in {dir} holds records for database {journal}, but the configured database is {configured}: not replayed (point database.url back at that database, or move the journal away)")]
+    OtherDatabase {
+        dir: std::path::PathBuf,
+        journal: Uuid,
+        configured: Uuid,
+    },
+    #[error("cannot read or write the spool journal's database binding")]
+    Binding(#[source] std::io::Error),
 }
 
 /// Longest pause between replay attempts while PostgreSQL stays unavailable.
@@ -121,6 +130,12 @@ impl Replayer {
 
 async fn run(mut ctx: ReplayCtx, mut stop: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(100);
+    // Bound to the configured database as soon as it answers, before any outage fills the
+    // journal (errors here are retried by the passes).
+    if store::ping(&ctx.pool, ctx.deadline).await.is_ok() {
+        let _ = check_binding(&ctx).await;
+    }
+    let mut said_other_database = false;
     loop {
         if *stop.borrow() {
             return;
@@ -148,6 +163,12 @@ async fn run(mut ctx: ReplayCtx, mut stop: watch::Receiver<bool>) {
                     // More arrived while replaying: go again at once.
                     continue;
                 }
+            }
+            Err(e @ ReplayError::OtherDatabase { .. }) => {
+                if !std::mem::replace(&mut said_other_database, true) {
+                    tracing::error!(error = %error_chain(&e), records = ctx.spool.records(), "spool journal not replayed");
+                }
+                pause(&mut backoff, &mut stop).await;
             }
             Err(e) => {
                 tracing::debug!(error = %error_chain(&e), records = ctx.spool.records(), "spool replay paused");
@@ -195,8 +216,37 @@ async fn pass(ctx: &ReplayCtx, stop: &watch::Receiver<bool>) -> Result<(), Repla
     Ok(())
 }
 
-async fn reachable(ctx: &ReplayCtx) -> Result<(), StoreError> {
-    store::ping(&ctx.pool, ctx.deadline).await
+async fn reachable(ctx: &ReplayCtx) -> Result<(), ReplayError> {
+    store::ping(&ctx.pool, ctx.deadline).await?;
+    check_binding(ctx).await
+}
+
+/// The journal is replayed only into the database its records belong to: bound to the
+/// configured database when it has no binding yet (or is empty), refused when it belongs to
+/// another one.
+async fn check_binding(ctx: &ReplayCtx) -> Result<(), ReplayError> {
+    let configured = match store::database_id(&ctx.pool).await {
+        Ok(id) => id,
+        // Migrations not applied yet (`run_migrations = false`): nothing to bind to.
+        Err(StoreError::Db(e))
+            if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) =>
+        {
+            return Ok(())
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match ctx.spool.bound_database().map_err(ReplayError::Binding)? {
+        Some(id) if id == configured => Ok(()),
+        Some(journal) if ctx.spool.records() > 0 => Err(ReplayError::OtherDatabase {
+            dir: ctx.spool.dir().to_owned(),
+            journal,
+            configured,
+        }),
+        _ => ctx
+            .spool
+            .bind_database(configured)
+            .map_err(ReplayError::Binding),
+    }
 }
 
 /// Applies one segment; false when stopped before its end.

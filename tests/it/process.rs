@@ -642,3 +642,51 @@ async fn a_proxy_killed_with_sigkill_while_spooling_loses_nothing_it_answered() 
         Some(0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_is_never_replayed_into_another_database() {
+    let (db_a, db_b) = (TestDb::new().await, TestDb::new().await);
+    let up = upstream(|_req| async { Response::new(full("kept")) }).await;
+    let upstream_url = format!("http://{up}");
+    let site = Site::new().await;
+    let tables = site.tables("", "");
+    let config_a = config_toml(&db_a.url(), &upstream_url, "", &tables);
+    let config_b = config_toml(&db_b.url(), &upstream_url, "", &tables);
+    let down_config = without_database(&upstream_url, &tables).await;
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+
+    // A proxy on database A binds the spool directory to it.
+    let mut proxy = RunningBinary::start(&site, &config_a).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.sigterm();
+    assert_eq!(
+        proxy.wait_exit(Duration::from_secs(15)).await.code(),
+        Some(0)
+    );
+    // Then, with A unreachable, requests go to the journal.
+    let mut proxy = RunningBinary::start(&site, &down_config).await;
+    let trace = new_trace_id();
+    let (status, _) = fetch(post(&proxy.url("/webhook/w"), &trace, "{}"))
+        .await
+        .expect("request");
+    assert_eq!(status, 200);
+    proxy.sigterm();
+    assert_eq!(
+        proxy.wait_exit(Duration::from_secs(15)).await.code(),
+        Some(0)
+    );
+
+    // Replaying into database B is refused, and says why; nothing reaches B.
+    let out = run_cli(&site, &config_b, &["spool", "replay"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("holds records for database"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(db_b.trace_rows(&trace).await.is_empty());
+    // Into A, it is replayed.
+    let out = run_cli(&site, &config_a, &["spool", "replay"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(db_a.trace_rows(&trace).await.len(), 1);
+}

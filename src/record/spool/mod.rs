@@ -148,6 +148,8 @@ pub struct Opened {
 
 const LOCK_FILE: &str = "lock";
 const INSTANCES_FILE: &str = "instances";
+/// The id of the database the journal's records belong to (`store::database_id`).
+const DATABASE_FILE: &str = "database";
 
 impl Spool {
     /// Opens (creating) the directory, takes its lock, recovers the journal (cutting torn
@@ -254,6 +256,28 @@ impl Spool {
     }
 
     /// Records waiting for replay.
+    /// The database the journal is bound to, if any.
+    pub fn bound_database(&self) -> io::Result<Option<Uuid>> {
+        match fs::read_to_string(self.shared.dir.join(DATABASE_FILE)) {
+            Ok(text) => Ok(Uuid::parse_str(text.trim()).ok()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Binds the journal to database `id` (written whole, then renamed into place).
+    pub fn bind_database(&self, id: Uuid) -> io::Result<()> {
+        let dir = &self.shared.dir;
+        let tmp = dir.join(format!("{DATABASE_FILE}.tmp"));
+        fs::write(&tmp, format!("{id}\n"))?;
+        fs::rename(&tmp, dir.join(DATABASE_FILE))
+    }
+
+    /// The journal's directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
     pub fn records(&self) -> u64 {
         self.shared.metrics.spool_records.get()
     }

@@ -59,6 +59,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "n8n_execution",
         include_str!("../../../sql/0010_n8n_execution.sql"),
     ),
+    (
+        11,
+        "database_identity",
+        include_str!("../../../sql/0011_database_identity.sql"),
+    ),
 ];
 
 /// Arbitrary constant identifying the migration lock among advisory locks.

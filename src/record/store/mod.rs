@@ -166,6 +166,18 @@ fn pool_with(cfg: &DatabaseConfig, size: usize, session: &str) -> Result<Pool, S
         .map_err(|e| StoreError::Setup(Arc::new(e)))
 }
 
+/// This database's own id (sql/0011), which the spool journal is bound to.
+pub async fn database_id(pool: &Pool) -> Result<Uuid, StoreError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_one(
+            "SELECT id FROM trace_proxy_identity ORDER BY created_at LIMIT 1",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
 /// Stores n8n's account of the execution of row `id` (the `[n8n]` lookup); the rows changed (0:
 /// the row is not written yet).
 pub async fn set_n8n_execution(

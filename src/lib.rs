@@ -142,8 +142,12 @@ fn open_spool(
 
 /// `trace-proxy spool replay`: replays the journal in `config.spool.dir` into PostgreSQL (a
 /// spool left by a proxy that will not run again), resolves what its processes left
-/// unresolved, and returns. Refused while a proxy holds the directory.
-pub async fn replay_spool(config: &Config) -> Result<record::replay::Drained, RunError> {
+/// unresolved, and returns. Refused while a proxy holds the directory, and when the journal
+/// belongs to another database unless `into_other_database`.
+pub async fn replay_spool(
+    config: &Config,
+    into_other_database: bool,
+) -> Result<record::replay::Drained, RunError> {
     let metrics = Arc::new(Metrics::default());
     let pool = store::pool(&config.database)?;
     if config.database.run_migrations {
@@ -151,7 +155,7 @@ pub async fn replay_spool(config: &Config) -> Result<record::replay::Drained, Ru
     }
     let instance = uuid::Uuid::new_v4();
     let (spool, appender, opened) = spool::Spool::open(&config.spool, instance, metrics.clone())?;
-    let ctx = record::replay::ReplayCtx::new(
+    let mut ctx = record::replay::ReplayCtx::new(
         config,
         spool,
         pool,
@@ -159,6 +163,7 @@ pub async fn replay_spool(config: &Config) -> Result<record::replay::Drained, Ru
         instance,
         opened.previous_instances,
     );
+    ctx.into_other_database = into_other_database;
     let drained = record::replay::drain(ctx).await;
     appender.close(config.server.shutdown_timeout).await;
     Ok(drained?)

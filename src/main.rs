@@ -76,7 +76,12 @@ enum SpoolAction {
     Status,
     /// Replay the journal into PostgreSQL now and resolve what its processes left unresolved
     /// (for a journal whose proxy will not run again; refused while a proxy uses it).
-    Replay,
+    Replay {
+        /// Replay into the configured database even though the journal belongs to another one
+        /// (it is then bound to the configured one).
+        #[arg(long)]
+        into_other_database: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -287,8 +292,10 @@ async fn spool(config: &Config, action: SpoolAction) -> Result<(), Box<dyn std::
             let ids: Vec<String> = s.instances.iter().map(|i| i.to_string()).collect();
             println!("instances: {}", ids.join(", "));
         }
-        SpoolAction::Replay => {
-            let d = trace_proxy::replay_spool(config).await?;
+        SpoolAction::Replay {
+            into_other_database,
+        } => {
+            let d = trace_proxy::replay_spool(config, into_other_database).await?;
             println!(
                 "replayed {} journal record(s); {} row(s) left unresolved by earlier processes resolved as OUTCOME_UNKNOWN",
                 d.records, d.resolved

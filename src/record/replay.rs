@@ -84,6 +84,10 @@ pub struct ReplayCtx {
     pub instance: Uuid,
     /// Earlier processes of this spool directory whose unresolved rows must be resolved.
     pub previous: Vec<Uuid>,
+    /// Replay even a journal bound to another database (`spool replay --into-other-database`).
+    pub into_other_database: bool,
+    /// When the last "still unreachable" line was logged.
+    said_unreachable: Option<std::time::Instant>,
 }
 
 impl ReplayCtx {
@@ -105,6 +109,8 @@ impl ReplayCtx {
             deadline: config.database.client_deadline(),
             instance,
             previous,
+            into_other_database: false,
+            said_unreachable: None,
         }
     }
 }
@@ -172,11 +178,29 @@ async fn run(mut ctx: ReplayCtx, mut stop: watch::Receiver<bool>) {
             }
             Err(e) => {
                 tracing::debug!(error = %error_chain(&e), records = ctx.spool.records(), "spool replay paused");
+                say_unreachable(&mut ctx, &e);
                 pause(&mut backoff, &mut stop).await;
             }
         }
     }
 }
+
+/// While records wait and the database does not take them: one error line every
+/// [`SAY_UNREACHABLE_EVERY`] with the cause and how much waits.
+fn say_unreachable(ctx: &mut ReplayCtx, e: &ReplayError) {
+    let due = ctx
+        .said_unreachable
+        .is_none_or(|t| t.elapsed() >= SAY_UNREACHABLE_EVERY);
+    if due && ctx.spool.records() > 0 {
+        ctx.said_unreachable = Some(std::time::Instant::now());
+        tracing::error!(error = %error_chain(e), records = ctx.spool.records(),
+            dir = %ctx.spool.dir().display(),
+            "database not taking the spool journal; records wait there");
+    }
+}
+
+/// How often the replayer says the database still does not take the journal.
+const SAY_UNREACHABLE_EVERY: Duration = Duration::from_secs(30);
 
 async fn pause(backoff: &mut Duration, stop: &mut watch::Receiver<bool>) {
     tokio::select! {
@@ -237,11 +261,13 @@ async fn check_binding(ctx: &ReplayCtx) -> Result<(), ReplayError> {
     };
     match ctx.spool.bound_database().map_err(ReplayError::Binding)? {
         Some(id) if id == configured => Ok(()),
-        Some(journal) if ctx.spool.records() > 0 => Err(ReplayError::OtherDatabase {
-            dir: ctx.spool.dir().to_owned(),
-            journal,
-            configured,
-        }),
+        Some(journal) if ctx.spool.records() > 0 && !ctx.into_other_database => {
+            Err(ReplayError::OtherDatabase {
+                dir: ctx.spool.dir().to_owned(),
+                journal,
+                configured,
+            })
+        }
         _ => ctx
             .spool
             .bind_database(configured)

@@ -685,8 +685,13 @@ async fn a_journal_is_never_replayed_into_another_database() {
         text(&out.stderr)
     );
     assert!(db_b.trace_rows(&trace).await.is_empty());
-    // Into A, it is replayed.
-    let out = run_cli(&site, &config_a, &["spool", "replay"]);
+    // Asked for explicitly, it goes to B after all (and the journal is bound to B).
+    let out = run_cli(
+        &site,
+        &config_b,
+        &["spool", "replay", "--into-other-database"],
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(db_a.trace_rows(&trace).await.len(), 1);
+    assert_eq!(db_b.trace_rows(&trace).await.len(), 1);
+    assert!(db_a.trace_rows(&trace).await.is_empty());
 }

@@ -140,6 +140,64 @@ fn open_spool(
     Ok(Some((spool, appender, opened.previous_instances)))
 }
 
+/// `check-config --connect`: whether the database answers with these credentials and carries
+/// the current schema, and whether the spool directory can be written; (passed, what) each.
+pub async fn check_connect(config: &Config) -> Vec<(bool, String)> {
+    let mut out = Vec::new();
+    let db = config.database.describe();
+    let latest = store::MIGRATIONS.last().map_or(0, |m| m.0);
+    let answered = async {
+        let pool = store::pool(&config.database)?;
+        let client = pool.get().await?;
+        let row = client
+            .query_one(
+                "SELECT (SELECT max(version) FROM trace_proxy_migrations)",
+                &[],
+            )
+            .await;
+        Ok::<_, StoreError>(row.ok().and_then(|r| r.get::<_, Option<i32>>(0)))
+    };
+    match tokio::time::timeout(config.database.client_deadline(), answered).await {
+        Ok(Ok(Some(v))) if v >= latest => {
+            out.push((
+                true,
+                format!("database {db}: reachable, schema at migration {v}"),
+            ));
+        }
+        Ok(Ok(v)) => out.push((
+            config.database.run_migrations,
+            format!(
+                "database {db}: reachable, schema at migration {} of {latest}{}",
+                v.unwrap_or(0),
+                match config.database.run_migrations {
+                    true => "; serve applies the rest",
+                    false => "; run `trace-proxy migrate` (run_migrations is off)",
+                }
+            ),
+        )),
+        Ok(Err(e)) => out.push((false, format!("database {db}: {}", error::error_chain(&e)))),
+        Err(_) => out.push((false, format!("database {db}: no answer in time"))),
+    }
+    if config.database.on_unavailable == config::OnUnavailable::Spool {
+        let dir = &config.spool.dir;
+        let probe = dir.join(".trace-proxy-write-check");
+        let written = std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(&probe, b"check"))
+            .and_then(|()| std::fs::remove_file(&probe));
+        out.push(match written {
+            Ok(()) => (true, format!("spool directory {}: writable", dir.display())),
+            Err(e) => (
+                false,
+                format!(
+                    "spool directory {}: {e} (set spool.dir or TRACE_PROXY_SPOOL_DIR to a directory this user can write)",
+                    dir.display()
+                ),
+            ),
+        });
+    }
+    out
+}
+
 /// `trace-proxy spool replay`: replays the journal in `config.spool.dir` into PostgreSQL (a
 /// spool left by a proxy that will not run again), resolves what its processes left
 /// unresolved, and returns. Refused while a proxy holds the directory, and when the journal

@@ -45,7 +45,13 @@ enum Command {
     /// Apply pending database migrations and exit.
     Migrate,
     /// Print the effective configuration (secrets redacted), or every problem in it.
-    CheckConfig,
+    CheckConfig {
+        /// Also check what the configuration points at: the database (reachable, the
+        /// credentials, the schema version) and the spool directory (writable). Exit 1 when a
+        /// check fails.
+        #[arg(long)]
+        connect: bool,
+    },
     /// Detail retention (DATA-002 D5): archive old traces into summaries.
     Retention {
         #[command(subcommand)]
@@ -114,12 +120,15 @@ fn main() -> ExitCode {
     };
     let command = cli.command.unwrap_or(Command::Serve);
     let serving = matches!(command, Command::Serve);
-    if let Command::CheckConfig = command {
+    if let Command::CheckConfig { connect } = command {
         for warning in &config.warnings {
             eprintln!("trace-proxy: warning: {warning}");
         }
         print!("{}", config.to_redacted_toml());
-        return ExitCode::SUCCESS;
+        return match connect {
+            false => ExitCode::SUCCESS,
+            true => check_connect(&config),
+        };
     }
     init_logging(&config);
     for warning in &config.warnings {
@@ -249,6 +258,31 @@ async fn traces(
 ) -> Result<(), Box<dyn std::error::Error>> {
     print!("{}", trace_proxy::api::cli::run(config, query).await?);
     Ok(())
+}
+
+/// `check-config --connect`: each check on its own line (to stderr, after the configuration),
+/// exit 1 when one fails.
+fn check_connect(config: &Config) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("trace-proxy: cannot start the runtime: {e}");
+            return ExitCode::from(70);
+        }
+    };
+    let checks = runtime.block_on(trace_proxy::check_connect(config));
+    let mut ok = true;
+    for (passed, line) in checks {
+        ok &= passed;
+        eprintln!("{} {line}", if passed { "ok  " } else { "FAIL" });
+    }
+    match ok {
+        true => ExitCode::SUCCESS,
+        false => ExitCode::FAILURE,
+    }
 }
 
 /// `mcp`: the MCP tools over stdio until the client closes stdin.

@@ -203,3 +203,54 @@ fn version_names_the_commit_it_was_built_from() {
         assert_eq!(r.stdout.trim(), format!("{version} (commit {head})"));
     }
 }
+
+#[tokio::test]
+async fn check_config_connect_checks_the_database_and_the_spool_directory() {
+    let db = crate::support::TestDb::new().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool");
+    let good = format!(
+        "[database]\nurl = \"{}\"\n[spool]\ndir = \"{}\"\n{ROUTE}",
+        db.url(),
+        spool.display()
+    );
+    let path = write(dir.path(), "good.toml", &good);
+    let r = run(
+        dir.path(),
+        &["check-config", "--connect", "--config", &path],
+        &[],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("ok   database postgres://"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("ok   spool directory"), "{}", r.stderr);
+    assert!(!r.stderr.contains("password"), "{}", r.stderr);
+
+    // Nothing listening where the database should be, and a spool directory under a file.
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, b"x").expect("file");
+    let bad = format!(
+        "[database]\nurl = \"postgres://postgres:secret@127.0.0.1:{}/none\"\nconnect_timeout = \"1s\"\n\
+         [spool]\ndir = \"{}\"\n{ROUTE}",
+        closed_port().await.port(),
+        blocker.join("spool").display()
+    );
+    let path = write(dir.path(), "bad.toml", &bad);
+    let r = run(
+        dir.path(),
+        &["check-config", "--connect", "--config", &path],
+        &[],
+    );
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("FAIL database postgres://postgres@127.0.0.1:"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("FAIL spool directory"), "{}", r.stderr);
+    assert!(!r.stderr.contains("secret"), "{}", r.stderr);
+}

@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 use crate::error::Chain;
 use crate::proxy::{self, App};
 use crate::shutdown::Shutdown;
-use crate::stall::StallGuard;
+use crate::stall::{InFlight, RequestGuard, StallGuard};
 
 /// Largest request head buffered per connection (HTTP/1.1 read buffer, HTTP/2 header list): a
 /// head still incomplete at this size is refused, so idle half-sent heads cannot pile up memory.
@@ -44,6 +44,72 @@ pub(crate) struct Limits {
     pub http2: bool,
     /// A write to the client that makes no progress this long fails (the client stopped reading).
     pub send_timeout: Duration,
+    /// An HTTP/2 connection with no request in flight this long is closed.
+    pub idle_timeout: Duration,
+}
+
+/// Waits for the connection's first bytes until `within` (or shutdown): `None` when none came,
+/// else whether they are the HTTP/2 preface.
+async fn first_bytes(
+    stream: &tokio::net::TcpStream,
+    within: Duration,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Option<bool> {
+    let mut byte = [0u8; 1];
+    let first = tokio::select! {
+        r = tokio::time::timeout(within, stream.peek(&mut byte)) => matches!(r, Ok(Ok(n)) if n > 0),
+        () = stop.cancelled() => false,
+    };
+    match first {
+        false => None,
+        true => Some(byte[0] == b'P' && is_h2_preface(stream, within).await),
+    }
+}
+
+/// True when the connection starts with the HTTP/2 preface (`PRI * HTTP/2.0…`), read without
+/// consuming it, within `within`.
+async fn is_h2_preface(stream: &tokio::net::TcpStream, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut head = [0u8; 4];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut head)).await {
+            Ok(Ok(n)) => n,
+            _ => return false,
+        };
+        if n == head.len() || !b"PRI ".starts_with(&head[..n]) {
+            return &head[..n] == b"PRI ";
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request counted as in flight until it is done.
+    pub(crate) struct Tracked<B> {
+        #[pin]
+        body: B,
+        _guard: RequestGuard,
+    }
+}
+
+impl<B: Body> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Serves the proxy on `listener` until shutdown begins, then lets open connections finish their
@@ -57,6 +123,7 @@ pub(crate) async fn serve(listener: TcpListener, app: Arc<App>, shutdown: &Shutd
         header_read_timeout: cfg.header_read_timeout,
         http2: true,
         send_timeout: cfg.send_timeout,
+        idle_timeout: cfg.idle_timeout,
     };
     let handler = {
         let app = app.clone();
@@ -180,10 +247,21 @@ where
         let _ = stream.set_nodelay(true);
         let (first_byte, send_timeout) = (limits.header_read_timeout, limits.send_timeout);
         let handler = handler.clone();
+        let in_flight = InFlight::new();
+        let requests = in_flight.clone();
         let service = service_fn(move |req| {
+            // In flight until its response body is done (or dropped).
+            let guard = requests.begin();
             let answer = handler(req, peer);
-            async move { Ok::<_, Infallible>(answer.await) }
+            async move {
+                let resp = answer.await;
+                Ok::<_, Infallible>(resp.map(|body| Tracked {
+                    body,
+                    _guard: guard,
+                }))
+            }
         });
+        let idle_timeout = limits.idle_timeout;
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let stop = stop.clone();
@@ -192,19 +270,15 @@ where
             // The request head's deadline starts only after hyper has told HTTP/1 from HTTP/2,
             // which waits for bytes with no timer of its own: a client that sends nothing is
             // cut here, and its slot freed.
-            let mut byte = [0u8; 1];
-            let first = tokio::select! {
-                r = tokio::time::timeout(first_byte, stream.peek(&mut byte)) => {
-                    matches!(r, Ok(Ok(n)) if n > 0)
-                }
-                () = stop.cancelled() => false,
-            };
-            if !first {
+            let Some(h2) = first_bytes(&stream, first_byte, &stop).await else {
                 tracing::debug!(listener = name, %peer, "nothing sent within the header deadline; closed");
                 drop(permit);
                 return;
+            };
+            let mut io = StallGuard::new(TokioIo::new(stream), send_timeout);
+            if h2 {
+                io = io.with_idle_timeout(in_flight, idle_timeout);
             }
-            let io = StallGuard::new(TokioIo::new(stream), send_timeout);
             let conn = builder
                 .serve_connection_with_upgrades(io, service)
                 .into_owned();

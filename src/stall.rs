@@ -1,12 +1,16 @@
-//! A client connection that stops reading is cut: writes that make no progress for the send
-//! timeout fail, so hyper ends the connection, the response body is dropped (its row finished as
-//! the client's abort) and the upstream connection is released. Reads are untouched (their
-//! deadlines are the header and body timeouts).
+//! Time limits on a client connection's bytes. A client that stops reading is cut: writes that
+//! make no progress for the send timeout fail, so hyper ends the connection, the response body is
+//! dropped (its row finished as the client's abort) and the upstream connection is released. An
+//! HTTP/2 connection with no request in flight for the idle timeout is closed the same way (an
+//! HTTP/1.1 one is closed at the header deadline instead); its pings do not keep it open.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use std::time::Instant;
 
 use std::future::Future;
 
@@ -19,6 +23,55 @@ pub(crate) struct StallGuard<T> {
     limit: Duration,
     /// Armed while a write waits; reset by any progress.
     stalled: Option<Pin<Box<Sleep>>>,
+    /// The connection's requests in flight, and how long it may stay without one.
+    idle: Option<(Arc<InFlight>, Duration)>,
+    /// Armed while a read waits with no request in flight.
+    idle_timer: Option<Pin<Box<Sleep>>>,
+}
+
+/// The requests in flight on one connection, and since when it has had none.
+pub(crate) struct InFlight {
+    requests: AtomicUsize,
+    start: Instant,
+    /// Milliseconds after `start` when the last request ended.
+    idle_since_ms: AtomicU64,
+}
+
+impl InFlight {
+    pub(crate) fn new() -> Arc<InFlight> {
+        Arc::new(InFlight {
+            requests: AtomicUsize::new(0),
+            start: Instant::now(),
+            idle_since_ms: AtomicU64::new(0),
+        })
+    }
+
+    /// A request began; it ends when the returned guard (held by its response body) drops.
+    pub(crate) fn begin(self: &Arc<Self>) -> RequestGuard {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        RequestGuard(self.clone())
+    }
+
+    /// When the connection may be closed for idleness; `None` while a request is in flight.
+    fn idle_deadline(&self, limit: Duration) -> Option<tokio::time::Instant> {
+        if self.requests.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed));
+        Some((self.start + since + limit).into())
+    }
+}
+
+/// Marks one request as in flight until dropped.
+pub(crate) struct RequestGuard(Arc<InFlight>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        let f = &self.0;
+        let ms = u64::try_from(f.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        f.idle_since_ms.store(ms, Ordering::Relaxed);
+        f.requests.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl<T> StallGuard<T> {
@@ -27,7 +80,15 @@ impl<T> StallGuard<T> {
             io,
             limit,
             stalled: None,
+            idle: None,
+            idle_timer: None,
         }
+    }
+
+    /// Also closes the connection once it has had no request in flight for `limit`.
+    pub(crate) fn with_idle_timeout(mut self, in_flight: Arc<InFlight>, limit: Duration) -> Self {
+        self.idle = Some((in_flight, limit));
+        self
     }
 }
 
@@ -37,7 +98,31 @@ impl<T: Read + Unpin> Read for StallGuard<T> {
         cx: &mut Context<'_>,
         buf: ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let this = &mut *self;
+        let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        let Some((in_flight, limit)) = &this.idle else {
+            return r;
+        };
+        let deadline = match (r.is_pending(), in_flight.idle_deadline(*limit)) {
+            (true, Some(d)) => d,
+            _ => {
+                this.idle_timer = None;
+                return r;
+            }
+        };
+        let timer = this
+            .idle_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no request for {} s", limit.as_secs()),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 

@@ -173,6 +173,7 @@ pub fn start(
         // Short: health checks must get a slot even when idle sockets try to hold them all.
         header_read_timeout: config.server.header_read_timeout.min(ADMIN_HEAD_DEADLINE),
         send_timeout: config.server.send_timeout,
+        idle_timeout: config.server.idle_timeout,
         http2: true,
     };
     let handler = move |req, peer: std::net::SocketAddr| {

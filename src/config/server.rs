@@ -20,6 +20,7 @@ pub struct RawServer {
     pub max_request_body_bytes: u64,
     pub shutdown_timeout: Dur,
     pub send_timeout: Dur,
+    pub idle_timeout: Dur,
     pub trusted_proxies: Vec<String>,
 }
 
@@ -33,6 +34,7 @@ impl Default for RawServer {
             max_request_body_bytes: 100 * 1024 * 1024,
             shutdown_timeout: Dur::secs(30),
             send_timeout: Dur::secs(60),
+            idle_timeout: Dur::secs(300),
             trusted_proxies: Vec::new(),
         }
     }
@@ -50,6 +52,9 @@ pub struct ServerConfig {
     /// A response write that makes no progress this long cuts the connection (the client
     /// stopped reading).
     pub send_timeout: Duration,
+    /// An HTTP/2 connection with no request in flight this long is closed (HTTP/1.1
+    /// keep-alive connections are closed at `header_read_timeout`).
+    pub idle_timeout: Duration,
     /// Peers whose `X-Forwarded-*`/`Forwarded` headers are passed on (appended to); from
     /// anyone else they are replaced by the proxy's own.
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -86,8 +91,10 @@ pub(super) fn check(s: &RawServer, p: &mut Problems) -> Option<ServerConfig> {
         }
     }
     p.positive("server.send_timeout", s.send_timeout.millis());
+    p.positive("server.idle_timeout", s.idle_timeout.millis());
     Some(ServerConfig {
         send_timeout: s.send_timeout.0,
+        idle_timeout: s.idle_timeout.0,
         trusted_proxies,
         listen: listen?,
         max_connections: s.max_connections,

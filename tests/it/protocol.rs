@@ -698,3 +698,46 @@ async fn an_idle_keep_alive_connection_is_closed_at_the_header_deadline() {
     );
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn an_http2_connection_without_requests_is_closed_at_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::new().await;
+    let up = upstream(|_req| async {
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        Response::new(full("slow but answered"))
+    })
+    .await;
+    let extra = "[server]\nidle_timeout = \"500ms\"\n";
+    let proxy = Proxy::start(&config(&db, up, extra)).await;
+
+    // A request in flight longer than the idle timeout is not cut.
+    let h2c: TestClient = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let resp = h2c
+        .request(get(&proxy.url("/webhook/slow"), &new_trace_id()))
+        .await
+        .expect("h2c request");
+    assert_eq!(resp.status(), 200);
+
+    // A connection that opens HTTP/2 and then asks nothing is closed.
+    let mut conn = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(h2_frame(0x4, 0, 0, &[]));
+    conn.write_all(&hello).await.expect("preface");
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "an idle HTTP/2 connection was held open");
+    proxy.stop().await;
+}

@@ -304,6 +304,9 @@ fn builtin(name: &str) -> Option<(&'static str, &'static str, Kind)> {
 /// a JSON string, escaped any number of times). A value may be quoted, or an auth scheme word and its token, or a bare token.
 const KEY_VALUE: &str = r#"(?P<key>\\*"[^"\\\n]{1,64}\\*"|'[^'\\\n]{1,64}'|[A-Za-z_][A-Za-z0-9_.\-\[\]]{0,63})[ \t]{0,8}[:=][ \t]{0,8}(?P<val>\\+"(?:[^"\\]|\\+[^"\\])*(?:\\+"|\z)|"(?:[^"\\]|\\.)*(?:"|\z)|'[^'\n]*(?:'|\z)|(?i:(?:bearer|basic|digest|token|apikey)[ \t]+)?[^\s&,;"'<>(){}\\]+)"#;
 
+/// Further passes of [`Patterns::redact`] over its own output, at most (each one only shortens).
+const MAX_REDACTION_PASSES: usize = 4;
+
 /// Size limit for a compiled pattern (configured patterns included).
 const REGEX_SIZE_LIMIT: usize = 2 << 20;
 
@@ -379,8 +382,27 @@ impl Patterns {
     }
 
     /// Redacts every pattern match in `text`; `fired` gets each rule that changed something.
-    /// `None` when nothing changed.
+    /// `None` when nothing changed. Runs again on its own output until nothing changes (a
+    /// redaction can shorten a quoted name enough for the key/value pattern to see it), so
+    /// redacting twice is redacting once.
     pub fn redact(
+        &self,
+        text: &str,
+        replacement: &str,
+        keys: &KeyRules,
+        fired: &mut dyn FnMut(&str),
+    ) -> Option<String> {
+        let mut out = self.redact_once(text, replacement, keys, fired)?;
+        for _ in 0..MAX_REDACTION_PASSES {
+            match self.redact_once(&out, replacement, keys, fired) {
+                Some(next) => out = next,
+                None => break,
+            }
+        }
+        Some(out)
+    }
+
+    fn redact_once(
         &self,
         text: &str,
         replacement: &str,

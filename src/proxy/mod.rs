@@ -236,7 +236,8 @@ async fn answered(
             }
         }
         let e = ProxyError::UpstreamAborted(
-            "upstream answered 101 Switching Protocols; upgrades are not tunnelled".into(),
+            "upstream answered 101 Switching Protocols to a request that asked for no upgrade"
+                .into(),
         );
         return Exchanged::Answered(attempt.fail_locally(e, &inbound.corr));
     }

@@ -231,3 +231,32 @@ recreate_bench_db() {
     "$PSQL" -X -q "$BENCH_DATABASE_URL" -c "SET client_min_messages = warning" \
         -c "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)" -c "CREATE DATABASE $BENCH_DB" >/dev/null
 }
+
+# Writes $TMP/proxy.toml — listening on $HOST:$PROXY_PORT, admin on $HOST:$ADMIN_PORT, rows into
+# BENCH_DB, its journal in $TMP/spool, one route to upstream URL $1 — with $2 added to `[server]`,
+# then starts the release trace-proxy under $TARGET_DIR on it (PID in PROXY_PID) and waits until
+# it listens.
+start_bench_proxy() {
+    local upstream=$1 server_extra=$2
+    cat >"$TMP/proxy.toml" <<TOML
+[server]
+listen = "$HOST:$PROXY_PORT"
+$server_extra
+[database]
+url = "$(bench_database_url)"
+[log]
+level = "warn"
+[spool]
+dir = "$TMP/spool"
+[admin]
+listen = "$HOST:$ADMIN_PORT"
+[[routes]]
+name = "n8n"
+upstream = "$upstream"
+source_service = "bilko-app"
+destination_service = "n8n"
+TOML
+    "$TARGET_DIR/release/trace-proxy" --config "$TMP/proxy.toml" >"$TMP/proxy.log" 2>&1 &
+    PROXY_PID=$!
+    wait_for_port "$PROXY_PORT" "$PROXY_PID" 30 trace-proxy "$TMP/proxy.log"
+}

@@ -43,27 +43,7 @@ recreate_bench_db
 for port in "$PROXY_PORT" "$ADMIN_PORT"; do
     ensure_port_free "$port" "set BENCH_PORT_BASE to a free range"
 done
-cat >"$TMP/proxy.toml" <<TOML
-[server]
-listen = "$HOST:$PROXY_PORT"
-max_connections = $((CONNS + 100))
-header_read_timeout = "$HEAD_DEADLINE"
-[database]
-url = "$(bench_database_url)"
-[log]
-level = "warn"
-[spool]
-dir = "$TMP/spool"
-[admin]
-listen = "$HOST:$ADMIN_PORT"
-[[routes]]
-name = "n8n"
-upstream = "http://$HOST:9"
-source_service = "bilko-app"
-destination_service = "n8n"
-TOML
-"$TARGET_DIR/release/trace-proxy" --config "$TMP/proxy.toml" >"$TMP/proxy.log" 2>&1 &
-PROXY_PID=$!
-wait_for_port "$PROXY_PORT" "$PROXY_PID" 30 trace-proxy "$TMP/proxy.log"
+start_bench_proxy "http://$HOST:9" "max_connections = $((CONNS + 100))
+header_read_timeout = \"$HEAD_DEADLINE\""
 wait_s=$(( $(to_ms "$HEAD_DEADLINE" | cut -d. -f1) / 1000 + 3 ))
 "$TARGET_DIR/release/examples/idle_conns" "$HOST:$PROXY_PORT" "$PROXY_PID" "$CONNS" "$HEAD_BYTES" "$wait_s"

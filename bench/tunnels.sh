@@ -45,27 +45,7 @@ recreate_bench_db
 for port in "$UPSTREAM_PORT" "$PROXY_PORT" "$ADMIN_PORT"; do
     ensure_port_free "$port" "set BENCH_PORT_BASE to a free range"
 done
-cat >"$TMP/proxy.toml" <<TOML
-[server]
-listen = "$HOST:$PROXY_PORT"
-max_connections = 100000
-[database]
-url = "$(bench_database_url)"
-[log]
-level = "warn"
-[spool]
-dir = "$TMP/spool"
-[admin]
-listen = "$HOST:$ADMIN_PORT"
-[[routes]]
-name = "n8n"
-upstream = "http://$HOST:$UPSTREAM_PORT"
-source_service = "bilko-app"
-destination_service = "n8n"
-TOML
-"$TARGET_DIR/release/trace-proxy" --config "$TMP/proxy.toml" >"$TMP/proxy.log" 2>&1 &
-PROXY_PID=$!
-wait_for_port "$PROXY_PORT" "$PROXY_PID" 30 trace-proxy "$TMP/proxy.log"
+start_bench_proxy "http://$HOST:$UPSTREAM_PORT" "max_connections = 100000"
 
 log "opening tunnels in steps of $STEPS"
 "$TARGET_DIR/release/examples/tunnels" "$HOST:$UPSTREAM_PORT" "$HOST:$PROXY_PORT" "$PROXY_PID" "$STEPS"

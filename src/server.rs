@@ -88,7 +88,7 @@ pin_project_lite::pin_project! {
     pub(crate) struct Tracked<B> {
         #[pin]
         body: B,
-        _guard: RequestGuard,
+        _guard: Option<RequestGuard>,
     }
 }
 
@@ -247,20 +247,6 @@ where
         let _ = stream.set_nodelay(true);
         let (first_byte, send_timeout) = (limits.header_read_timeout, limits.send_timeout);
         let handler = handler.clone();
-        let in_flight = InFlight::new();
-        let requests = in_flight.clone();
-        let service = service_fn(move |req| {
-            // In flight until its response body is done (or dropped).
-            let guard = requests.begin();
-            let answer = handler(req, peer);
-            async move {
-                let resp = answer.await;
-                Ok::<_, Infallible>(resp.map(|body| Tracked {
-                    body,
-                    _guard: guard,
-                }))
-            }
-        });
         let idle_timeout = limits.idle_timeout;
         let builder = builder.clone();
         let watcher = graceful.watcher();
@@ -275,10 +261,24 @@ where
                 drop(permit);
                 return;
             };
+            // Requests are counted only where the count is used: HTTP/2's idle timeout.
+            let in_flight = h2.then(InFlight::new);
             let mut io = StallGuard::new(TokioIo::new(stream), send_timeout);
-            if h2 {
-                io = io.with_idle_timeout(in_flight, idle_timeout);
+            if let Some(f) = &in_flight {
+                io = io.with_idle_timeout(f.clone(), idle_timeout);
             }
+            let service = service_fn(move |req| {
+                // In flight until its response body is done (or dropped).
+                let guard = in_flight.as_ref().map(InFlight::begin);
+                let answer = handler(req, peer);
+                async move {
+                    let resp = answer.await;
+                    Ok::<_, Infallible>(resp.map(|body| Tracked {
+                        body,
+                        _guard: guard,
+                    }))
+                }
+            });
             let conn = builder
                 .serve_connection_with_upgrades(io, service)
                 .into_owned();

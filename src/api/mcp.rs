@@ -26,7 +26,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{dispatch, ApiError, ApiState};
+use super::{dispatch, ApiState};
 
 /// What the server tells a client about itself at initialization.
 const INSTRUCTIONS: &str = "Read-only access to trace-proxy's record of every HTTP exchange \
@@ -479,12 +479,5 @@ impl McpHttp {
                 r
             }
         }
-    }
-}
-
-impl ApiError {
-    /// The error code of the JSON error envelope.
-    pub(super) fn code(&self) -> &'static str {
-        super::error_status(self).1
     }
 }

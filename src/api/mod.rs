@@ -250,6 +250,13 @@ fn error_status(e: &ApiError) -> (StatusCode, &'static str) {
     }
 }
 
+impl ApiError {
+    /// The error code of the JSON error envelope (also of an MCP tool's error result).
+    pub(crate) fn code(&self) -> &'static str {
+        error_status(self).1
+    }
+}
+
 fn error_response(e: &ApiError) -> Resp {
     let (status, code) = error_status(e);
     let mut resp = json_response(

@@ -253,7 +253,6 @@ impl Attempt {
             error_detail,
             n8n_execution_id: outcome
                 .n8n_execution_id
-                .map(|id| self.sanitizer.column("n8n_execution_id", &id).0)
                 .or_else(|| self.path_n8n_execution_id.take()),
             http_status: outcome.http_status.map(i32::from),
             request_bytes: i64::try_from(self.stats.bytes.load(Ordering::Relaxed))

@@ -89,7 +89,13 @@ pub(crate) fn correlate(
         .and_then(|rest| rest.split('/').next())
         .filter(|s| !s.is_empty())
         .map(|id| route.sanitizer.column("n8n_execution_id", id).0);
-    let (trace_id, client_trace_id) = match stored_trace_id(route, &trace_id) {
+    // Only an id the client sent in `X-Trace-Id` can be a secret (a traceparent's is 32 hex
+    // digits, a new one the proxy's own).
+    let from_header = header_str(headers, &cfg.trace_id_header) == Some(trace_id.as_str());
+    let hashed = from_header
+        .then(|| stored_trace_id(route, &trace_id))
+        .flatten();
+    let (trace_id, client_trace_id) = match hashed {
         Some(stored) => (stored, Some(trace_id)),
         None => (trace_id, None),
     };

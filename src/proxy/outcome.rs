@@ -103,9 +103,11 @@ impl Outcome {
             },
             cap,
         );
+        // From the header it passes the value patterns here; from the payload it already did.
         let n8n_execution_id = meta
             .n8n_execution_id
-            .clone()
+            .as_deref()
+            .map(|id| sanitizer.column("n8n_execution_id", id).0)
             .or_else(|| execution_id_in(payload.as_ref()?));
         let (status, error_code, error_detail) =
             verdict(meta.status, end, captured.total, meta.is_event_stream());

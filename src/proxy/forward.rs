@@ -151,8 +151,8 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
-/// The forwarding headers a client may send; `_` variants of them are dropped too (some servers
-/// read `X_Forwarded_For` as `X-Forwarded-For`).
+/// The forwarding headers a client may send. Variants spelled with other separators
+/// (`X_Forwarded_For`, `x--forwarded-for`) are dropped too: some servers read them as these.
 const FORWARDING: [&str; 7] = [
     "forwarded",
     "x-forwarded-for",
@@ -163,27 +163,52 @@ const FORWARDING: [&str; 7] = [
     "x-real-ip",
 ];
 
+/// The headers that frame a message. A name that differs from one of them only in separators
+/// (`Content_Length`, `transfer---encoding`) is never forwarded: a server that reads it as the
+/// real one would frame the request differently from the proxy (a desync).
+const FRAMING: [&str; 2] = ["content-length", "transfer-encoding"];
+
+/// Whether `name` and `canonical` have the same letters and digits in the same order (header
+/// names are lowercase already), whatever separators stand between them.
+fn same_but_separators(name: &str, canonical: &str) -> bool {
+    let mut a = name.bytes().filter(u8::is_ascii_alphanumeric);
+    let mut b = canonical.bytes().filter(u8::is_ascii_alphanumeric);
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) => return true,
+            (x, y) if x == y => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Whether a client's header `name` is dropped before forwarding: a look-alike of a framing
+/// header, or a forwarding header the client is not trusted to send (any spelling).
+fn dropped_client_header(name: &str, trusted: bool) -> bool {
+    let lookalike = |canonical: &&str| name != *canonical && same_but_separators(name, canonical);
+    FRAMING.iter().any(lookalike)
+        || FORWARDING
+            .iter()
+            .any(|f| same_but_separators(name, f) && (!trusted || name != *f))
+}
+
 /// Sets this hop's forwarding headers. From a trusted proxy (`server.trusted_proxies`) the chain
 /// it sent is kept and this hop's client address appended to `X-Forwarded-For`; from anyone
 /// else whatever forwarding headers the client sent are removed first, so the upstream can
 /// trust what it gets: `X-Forwarded-For` = the peer, `X-Forwarded-Host` = the original host,
-/// `X-Forwarded-Proto` = `http`.
+/// `X-Forwarded-Proto` = `http`. Look-alikes of the framing headers go in the same pass.
 fn forwarding_headers(
     headers: &mut HeaderMap,
     peer: SocketAddr,
     host: Option<HeaderValue>,
     trusted: bool,
 ) {
-    let spoofable: Vec<HeaderName> = headers
+    let dropped: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| {
-            let name = k.as_str();
-            let dashed = name.replace('_', "-");
-            FORWARDING.contains(&dashed.as_str()) && (!trusted || name.contains('_'))
-        })
+        .filter(|k| dropped_client_header(k.as_str(), trusted))
         .cloned()
         .collect();
-    for k in spoofable {
+    for k in dropped {
         headers.remove(k);
     }
     let peer_ip = peer.ip().to_string();
@@ -368,6 +393,34 @@ mod tests {
             error_chain(&e).starts_with("cannot read upstream.ca_file "),
             "{e}"
         );
+    }
+
+    #[test]
+    fn look_alikes_of_framing_and_forwarding_headers_are_dropped() {
+        for name in [
+            "content_length",
+            "transfer_encoding",
+            "transfer---encoding",
+            "content.length",
+        ] {
+            assert!(dropped_client_header(name, false), "{name}");
+            assert!(dropped_client_header(name, true), "{name} (trusted peer)");
+        }
+        for name in ["x_forwarded_for", "x--forwarded-host", "x-real_ip"] {
+            assert!(dropped_client_header(name, true), "{name} (trusted peer)");
+        }
+        assert!(dropped_client_header("x-forwarded-for", false));
+        assert!(!dropped_client_header("x-forwarded-for", true));
+        // The real framing headers are the framing code's to handle; neighbours stay.
+        for name in [
+            "content-length",
+            "transfer-encoding",
+            "content-type",
+            "content-lengths",
+            "x-custom_header",
+        ] {
+            assert!(!dropped_client_header(name, false), "{name}");
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod cli;
 mod cluster;
 mod container;
 mod failures;
+mod guardian;
 mod health;
 mod mcp;
 mod n8n;

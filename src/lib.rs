@@ -13,6 +13,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod insight;
+pub mod managed_pg;
 pub mod metrics;
 mod n8n;
 pub mod probe;

@@ -144,6 +144,10 @@ fn main() -> ExitCode {
             return ExitCode::from(70);
         }
     };
+    let managed = match start_managed(&config, serving) {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
     let result = runtime.block_on(async move {
         match command {
             Command::Migrate => migrate(&config).await,
@@ -156,16 +160,16 @@ fn main() -> ExitCode {
             _ => serve(config).await,
         }
     });
+    drop(runtime);
+    if let Some(m) = managed {
+        if let Err(e) = m.stop() {
+            report(serving, &trace_proxy::error::error_chain(&e));
+        }
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // Said once: a service's failure is a log line (JSON where logs are), a command's a
-            // message for the person who ran it.
-            let text = trace_proxy::error::error_chain(&*e);
-            match serving {
-                true => tracing::error!(error = %text, "trace-proxy failed"),
-                false => eprintln!("trace-proxy: {text}"),
-            }
+            report(serving, &trace_proxy::error::error_chain(&*e));
             // A retention pass already running elsewhere is a "try again later" (75).
             e.downcast_ref::<trace_proxy::retention::RetentionError>()
                 .map_or(ExitCode::FAILURE, |r| ExitCode::from(r.exit_code()))
@@ -225,6 +229,32 @@ async fn retention_run(
     Ok(())
 }
 
+/// A failure, said once: a service's is a log line (JSON where logs are), a command's a message
+/// for the person who ran it.
+fn report(serving: bool, text: &str) {
+    match serving {
+        true => tracing::error!(error = %text, "trace-proxy failed"),
+        false => eprintln!("trace-proxy: {text}"),
+    }
+}
+
+/// With no `database.url`: the managed PostgreSQL, started (and initialised on first use) for
+/// this command; exit code 69 (unavailable) when it cannot be.
+fn start_managed(
+    config: &Config,
+    serving: bool,
+) -> Result<Option<trace_proxy::managed_pg::ManagedPostgres>, ExitCode> {
+    let Some(db) = &config.database.managed else {
+        return Ok(None);
+    };
+    trace_proxy::managed_pg::ManagedPostgres::start(db)
+        .map(Some)
+        .map_err(|e| {
+            report(serving, &trace_proxy::error::error_chain(&e));
+            ExitCode::from(69)
+        })
+}
+
 async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
@@ -273,7 +303,35 @@ fn check_connect(config: &Config) -> ExitCode {
             return ExitCode::from(70);
         }
     };
-    let checks = runtime.block_on(trace_proxy::check_connect(config));
+    let mut checks = Vec::new();
+    let managed = match &config.database.managed {
+        None => None,
+        Some(db) => match trace_proxy::managed_pg::ManagedPostgres::start(db) {
+            Ok(m) => {
+                let how = match m.started_here() {
+                    true => "started for this check",
+                    false => "already running",
+                };
+                checks.push((
+                    true,
+                    format!("managed PostgreSQL in {}: {how}", db.dir.display()),
+                ));
+                Some(m)
+            }
+            Err(e) => {
+                checks.push((false, trace_proxy::error::error_chain(&e)));
+                None
+            }
+        },
+    };
+    if config.database.managed.is_none() || managed.is_some() {
+        checks.extend(runtime.block_on(trace_proxy::check_connect(config)));
+    }
+    if let Some(m) = managed {
+        if let Err(e) = m.stop() {
+            checks.push((false, trace_proxy::error::error_chain(&e)));
+        }
+    }
     let mut ok = true;
     for (passed, line) in checks {
         ok &= passed;

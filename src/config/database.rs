@@ -1,6 +1,7 @@
 //! `[database]`: where rows are recorded, the pool and writer sizes, their timeouts, and what
 //! happens to a request when its pending row cannot be committed.
 
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -13,7 +14,10 @@ use super::problems::Problems;
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct RawDatabase {
+    /// "" = a managed private PostgreSQL in `server.state_dir` ([`ManagedDb`]).
     pub url: String,
+    /// Where the managed PostgreSQL's `initdb`, `pg_ctl` and `postgres` are; "" = searched.
+    pub postgres_bin_dir: String,
     pub on_unavailable: OnUnavailable,
     pub pool_size: usize,
     pub pool_wait_timeout: Dur,
@@ -29,7 +33,8 @@ pub struct RawDatabase {
 impl Default for RawDatabase {
     fn default() -> Self {
         Self {
-            url: "postgres://postgres@127.0.0.1:5432/postgres".into(),
+            url: String::new(),
+            postgres_bin_dir: String::new(),
             on_unavailable: OnUnavailable::Spool,
             pool_size: 8,
             pool_wait_timeout: Dur::secs(2),
@@ -72,11 +77,52 @@ pub struct DatabaseConfig {
     /// How long a batch of final updates waits for an insert to share its commit.
     pub finish_linger: Duration,
     pub run_migrations: bool,
+    /// Set when no `url` is configured: the private server this instance runs itself, which
+    /// `pg` then points at (its Unix socket).
+    pub managed: Option<ManagedDb>,
 }
+
+/// A private PostgreSQL cluster of one instance, run by it (`crate::managed_pg`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedDb {
+    /// `postgres` in the state directory: the cluster in `data/`, the Unix socket beside it.
+    pub dir: PathBuf,
+    /// `database.postgres_bin_dir`, when set.
+    pub bin_dir: Option<PathBuf>,
+}
+
+impl ManagedDb {
+    /// The superuser `initdb` creates; the proxy connects as it, over the private socket.
+    pub const USER: &'static str = "trace_proxy";
+    /// The database rows go to: the cluster is the instance's own, so its default database.
+    pub const DATABASE: &'static str = "postgres";
+    /// The socket's port number (part of its file name only: there is no TCP listener).
+    pub const PORT: u16 = 5432;
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// The connection settings: the socket directory, the superuser, the database.
+    fn pg_config(&self) -> tokio_postgres::Config {
+        let mut pg = tokio_postgres::Config::new();
+        pg.host_path(&self.dir)
+            .port(Self::PORT)
+            .user(Self::USER)
+            .dbname(Self::DATABASE);
+        pg
+    }
+}
+
+/// A Unix socket path is at most 107 bytes (`sun_path`).
+const MAX_SOCKET_PATH: usize = 107;
 
 impl DatabaseConfig {
     /// The database, for log lines: `postgres://user@host:port/dbname`, never the password.
     pub fn describe(&self) -> String {
+        if let Some(m) = &self.managed {
+            return format!("the managed PostgreSQL in {}", m.dir.display());
+        }
         let host = match self.pg.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
             Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
@@ -100,8 +146,8 @@ impl DatabaseConfig {
     }
 }
 
-/// Checks `[database]`, pushing every problem.
-pub(super) fn check(d: &RawDatabase, p: &mut Problems) -> Option<DatabaseConfig> {
+/// Checks `[database]`, pushing every problem; `state_dir` is `server.state_dir`.
+pub(super) fn check(d: &RawDatabase, state_dir: &Path, p: &mut Problems) -> Option<DatabaseConfig> {
     p.positive("database.pool_size", d.pool_size as u64);
     p.positive("database.pool_wait_timeout", d.pool_wait_timeout.millis());
     p.positive("database.connect_timeout", d.connect_timeout.millis());
@@ -118,10 +164,28 @@ pub(super) fn check(d: &RawDatabase, p: &mut Problems) -> Option<DatabaseConfig>
             ),
         );
     }
-    let pg = tokio_postgres::Config::from_str(&d.url)
-        .map_err(|e| p.at("database.url", format!("{}: {e}", redact_url(&d.url))))
-        .ok();
+    let managed = d.url.trim().is_empty().then(|| ManagedDb {
+        dir: state_dir.join("postgres"),
+        bin_dir: (!d.postgres_bin_dir.is_empty()).then(|| PathBuf::from(&d.postgres_bin_dir)),
+    });
+    let pg = match &managed {
+        Some(m) => {
+            let socket = m.dir.join(format!(".s.PGSQL.{}", ManagedDb::PORT));
+            let len = socket.as_os_str().len();
+            if len > MAX_SOCKET_PATH {
+                p.at(
+                    "server.state_dir",
+                    format!("the managed PostgreSQL's socket {} would be {len} bytes long, over the {MAX_SOCKET_PATH} a Unix socket path may have: choose a shorter state_dir (or set database.url)", socket.display()),
+                );
+            }
+            Some(m.pg_config())
+        }
+        None => tokio_postgres::Config::from_str(&d.url)
+            .map_err(|e| p.at("database.url", format!("{}: {e}", redact_url(&d.url))))
+            .ok(),
+    };
     Some(DatabaseConfig {
+        managed,
         pg: pg?,
         on_unavailable: d.on_unavailable,
         pool_size: d.pool_size,
@@ -138,6 +202,9 @@ pub(super) fn check(d: &RawDatabase, p: &mut Problems) -> Option<DatabaseConfig>
 
 /// `url` with its password replaced, for printing.
 pub(super) fn redact_url(url: &str) -> String {
+    if url.trim().is_empty() {
+        return String::new();
+    }
     match url::Url::parse(url) {
         Ok(mut u) if u.password().is_some() => {
             let _ = u.set_password(Some("REDACTED"));

@@ -33,7 +33,7 @@ use std::sync::Arc;
 pub use admin::{AdminConfig, Token, ENV_ADMIN_TOKEN};
 pub use capture::CaptureConfig;
 pub use correlation::{CorrelationConfig, PathRule};
-pub use database::{DatabaseConfig, OnUnavailable};
+pub use database::{DatabaseConfig, ManagedDb, OnUnavailable};
 pub use duration::Dur;
 pub use log::LogConfig;
 pub use n8n::{N8nConfig, N8nLookup, ENV_N8N_API_KEY};
@@ -42,8 +42,9 @@ pub use raw::RawConfig;
 pub use recovery::RecoveryConfig;
 pub use retention::RetentionConfig;
 pub use routes::Route;
+pub use server::default_state_dir;
 pub use server::ServerConfig;
-pub use spool::{SpoolConfig, SpoolFull, DEFAULT_SPOOL_DIR};
+pub use spool::{SpoolConfig, SpoolFull};
 pub use upstream::{TlsRoots, UpstreamConfig};
 
 use crate::sanitize::Sanitizer;
@@ -55,6 +56,7 @@ pub const ENV_NAME: &str = "TRACE_PROXY_ENV";
 pub const ENV_DATABASE_URL: &str = "TRACE_PROXY_DATABASE_URL";
 pub const ENV_LISTEN: &str = "TRACE_PROXY_LISTEN";
 pub const ENV_SPOOL_DIR: &str = "TRACE_PROXY_SPOOL_DIR";
+pub const ENV_STATE_DIR: &str = "TRACE_PROXY_STATE_DIR";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -139,6 +141,10 @@ impl Config {
         if let Some(dir) = set(ENV_SPOOL_DIR) {
             raw.spool.dir = dir;
         }
+        if let Some(dir) = set(ENV_STATE_DIR) {
+            raw.server.state_dir = dir;
+        }
+        fill_state_dir(&mut raw, &set);
         check(raw, env_name, p)
     }
 
@@ -148,7 +154,8 @@ impl Config {
         let mut p = Problems::default();
         let mut doc = source::parse("config", text, &mut p);
         interpolate::expand(&mut doc, &|_| None, &mut p);
-        let raw = RawConfig::read(doc, &mut p);
+        let mut raw = RawConfig::read(doc, &mut p);
+        fill_state_dir(&mut raw, &|_| None);
         check(raw, None, p)
     }
 
@@ -178,6 +185,17 @@ impl Config {
 }
 
 /// Checks every section (each pushes all of its problems), then assembles the typed config.
+/// The state directory's default for who runs this, and the spool directory's default in it, so
+/// the effective configuration shows where they are.
+fn fill_state_dir(raw: &mut RawConfig, var: &dyn Fn(&str) -> Option<String>) {
+    if raw.server.state_dir.is_empty() {
+        raw.server.state_dir = default_state_dir(var);
+    }
+    if raw.spool.dir.trim().is_empty() {
+        raw.spool.dir = format!("{}/spool", raw.server.state_dir.trim_end_matches('/'));
+    }
+}
+
 fn check(
     raw: RawConfig,
     environment: Option<String>,
@@ -186,7 +204,8 @@ fn check(
     let warnings = p.take_warnings();
     let p = &mut p;
     let server = server::check(&raw.server, p);
-    let database = database::check(&raw.database, p);
+    let state_dir = std::path::Path::new(&raw.server.state_dir);
+    let database = database::check(&raw.database, state_dir, p);
     let capture = capture::check(&raw.capture, p);
     let upstream = upstream::check(&raw.upstream, p);
     let correlation = correlation::check(&raw.correlation, p);
@@ -194,7 +213,7 @@ fn check(
     let sanitize = sanitize::check(&raw.sanitize, p);
     let retention = retention::check(&raw.retention, p);
     let recovery = recovery::check(&raw.recovery, p);
-    let spool = spool::check(&raw.spool, p);
+    let spool = spool::check(&raw.spool, state_dir, p);
     let admin = admin::check(&raw.admin, p);
     let n8n = n8n::check(&raw.n8n, p);
     let routes = routes::check(&raw.routes, sanitize.as_ref(), p);

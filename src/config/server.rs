@@ -22,6 +22,28 @@ pub struct RawServer {
     pub send_timeout: Dur,
     pub idle_timeout: Dur,
     pub trusted_proxies: Vec<String>,
+    /// "" = the default for who runs it ([`default_state_dir`]); filled in when read.
+    pub state_dir: String,
+}
+
+/// The state directory when `server.state_dir` is not set: `/var/lib/trace-proxy` for root, else
+/// a per-user one, `$XDG_STATE_HOME/trace-proxy` or `$HOME/.local/state/trace-proxy`
+/// (`/var/lib/trace-proxy` when neither is set). `var` reads the environment.
+pub fn default_state_dir(var: &dyn Fn(&str) -> Option<String>) -> String {
+    state_dir_for(nix::unistd::geteuid().is_root(), var)
+}
+
+fn state_dir_for(root: bool, var: &dyn Fn(&str) -> Option<String>) -> String {
+    const SYSTEM: &str = "/var/lib/trace-proxy";
+    if root {
+        return SYSTEM.into();
+    }
+    let set = |k: &str| var(k).filter(|v| v.starts_with('/'));
+    match (set("XDG_STATE_HOME"), set("HOME")) {
+        (Some(xdg), _) => format!("{}/trace-proxy", xdg.trim_end_matches('/')),
+        (None, Some(home)) => format!("{}/.local/state/trace-proxy", home.trim_end_matches('/')),
+        (None, None) => SYSTEM.into(),
+    }
 }
 
 impl Default for RawServer {
@@ -36,6 +58,7 @@ impl Default for RawServer {
             send_timeout: Dur::secs(60),
             idle_timeout: Dur::secs(300),
             trusted_proxies: Vec::new(),
+            state_dir: String::new(),
         }
     }
 }
@@ -58,6 +81,9 @@ pub struct ServerConfig {
     /// Peers whose `X-Forwarded-*`/`Forwarded` headers are passed on (appended to); from
     /// anyone else they are replaced by the proxy's own.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// This instance's state: the spool journal and the managed PostgreSQL, unless configured
+    /// elsewhere. Two instances on one machine use two state directories.
+    pub state_dir: std::path::PathBuf,
 }
 
 impl ServerConfig {
@@ -92,7 +118,14 @@ pub(super) fn check(s: &RawServer, p: &mut Problems) -> Option<ServerConfig> {
     }
     p.positive("server.send_timeout", s.send_timeout.millis());
     p.positive("server.idle_timeout", s.idle_timeout.millis());
+    if !s.state_dir.starts_with('/') {
+        p.at(
+            "server.state_dir",
+            format!("{:?} must be an absolute path", s.state_dir),
+        );
+    }
     Some(ServerConfig {
+        state_dir: s.state_dir.clone().into(),
         send_timeout: s.send_timeout.0,
         idle_timeout: s.idle_timeout.0,
         trusted_proxies,
@@ -124,4 +157,27 @@ pub(super) fn socket_addr(key: &str, v: &str, hint: &str, p: &mut Problems) -> O
         format!("{v:?}: {problem} (expected ip:port or host:port, e.g. \"0.0.0.0:8080\" or \"localhost:8080\"){hint}"),
     );
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_directory_is_per_user_unless_root() {
+        let home = |k: &str| (k == "HOME").then(|| "/home/ana".to_owned());
+        let xdg = |k: &str| match k {
+            "HOME" => Some("/home/ana".to_owned()),
+            "XDG_STATE_HOME" => Some("/home/ana/state/".to_owned()),
+            _ => None,
+        };
+        let relative = |k: &str| (k == "HOME").then(|| "ana".to_owned());
+        assert_eq!(
+            state_dir_for(false, &home),
+            "/home/ana/.local/state/trace-proxy"
+        );
+        assert_eq!(state_dir_for(false, &xdg), "/home/ana/state/trace-proxy");
+        assert_eq!(state_dir_for(false, &relative), "/var/lib/trace-proxy");
+        assert_eq!(state_dir_for(true, &xdg), "/var/lib/trace-proxy");
+    }
 }

@@ -1,13 +1,10 @@
 //! `[spool]`: the durable journal used while PostgreSQL is unavailable (`crate::spool`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::problems::Problems;
-
-/// Where the journal lives unless `spool.dir` says otherwise.
-pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/trace-proxy/spool";
 
 /// Smallest bound accepted: room for a few hundred typical records.
 const MIN_MAX_BYTES: u64 = 1024 * 1024;
@@ -16,6 +13,7 @@ const MIN_MAX_BYTES: u64 = 1024 * 1024;
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct RawSpool {
+    /// "" = `spool` in `server.state_dir`.
     pub dir: String,
     pub max_bytes: u64,
     pub spool_full: SpoolFull,
@@ -25,7 +23,7 @@ pub struct RawSpool {
 impl Default for RawSpool {
     fn default() -> Self {
         Self {
-            dir: DEFAULT_SPOOL_DIR.into(),
+            dir: String::new(),
             max_bytes: 1024 * 1024 * 1024,
             spool_full: SpoolFull::Reject,
             replay_batch_records: 500,
@@ -69,11 +67,12 @@ impl SpoolConfig {
     }
 }
 
-/// Checks `[spool]`, pushing every problem.
-pub(super) fn check(raw: &RawSpool, p: &mut Problems) -> Option<SpoolConfig> {
-    if raw.dir.trim().is_empty() {
-        p.at("spool.dir", "must not be empty");
-    }
+/// Checks `[spool]`, pushing every problem; `state_dir` is `server.state_dir`.
+pub(super) fn check(raw: &RawSpool, state_dir: &Path, p: &mut Problems) -> Option<SpoolConfig> {
+    let dir = match raw.dir.trim() {
+        "" => state_dir.join("spool"),
+        dir => PathBuf::from(dir),
+    };
     if raw.max_bytes < MIN_MAX_BYTES {
         p.at(
             "spool.max_bytes",
@@ -87,7 +86,7 @@ pub(super) fn check(raw: &RawSpool, p: &mut Problems) -> Option<SpoolConfig> {
         );
     }
     Some(SpoolConfig {
-        dir: PathBuf::from(&raw.dir),
+        dir,
         max_bytes: raw.max_bytes,
         spool_full: raw.spool_full,
         replay_batch: raw.replay_batch_records,
@@ -101,9 +100,9 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_every_problem_is_reported() {
         let mut p = Problems::default();
-        let c = check(&RawSpool::default(), &mut p);
+        let c = check(&RawSpool::default(), Path::new("/srv/state"), &mut p);
         let c = p.finish(c).expect("defaults are valid");
-        assert_eq!(c.dir, PathBuf::from("/var/lib/trace-proxy/spool"));
+        assert_eq!(c.dir, PathBuf::from("/srv/state/spool"));
         assert_eq!(c.max_bytes, 1 << 30);
         assert_eq!(c.spool_full, SpoolFull::Reject);
         assert_eq!(c.segment_bytes(), 64 * 1024 * 1024);
@@ -117,13 +116,8 @@ mod tests {
             panic!("expected invalid config");
         };
         let all = problems.join("\n");
-        assert_eq!(problems.len(), 4, "{all}");
-        for key in [
-            "spool.dir",
-            "spool.max_bytes",
-            "spool.spool_full",
-            "replay_batch",
-        ] {
+        assert_eq!(problems.len(), 3, "{all}");
+        for key in ["spool.max_bytes", "spool.spool_full", "replay_batch"] {
             assert!(all.contains(key), "{key} missing from {all}");
         }
     }

@@ -509,3 +509,46 @@ fn trusted_proxies_are_addresses_or_blocks() {
     .join("\n");
     assert!(all.contains("server.trusted_proxies"), "{all}");
 }
+
+#[test]
+fn without_a_url_the_database_is_the_managed_one_in_the_state_directory() {
+    let c = Config::from_toml_str(&format!("[server]\nstate_dir = \"/srv/tp\"\n{MINIMAL}"))
+        .expect("valid");
+    let managed = c.database.managed.as_ref().expect("managed");
+    assert_eq!(managed.dir, PathBuf::from("/srv/tp/postgres"));
+    assert_eq!(managed.data_dir(), PathBuf::from("/srv/tp/postgres/data"));
+    assert_eq!(
+        c.database.pg.get_hosts(),
+        [tokio_postgres::config::Host::Unix(PathBuf::from(
+            "/srv/tp/postgres"
+        ))]
+    );
+    assert_eq!(c.database.pg.get_user(), Some("trace_proxy"));
+    assert_eq!(c.spool.dir, PathBuf::from("/srv/tp/spool"));
+    assert_eq!(
+        c.database.describe(),
+        "the managed PostgreSQL in /srv/tp/postgres"
+    );
+
+    let env = |k: &str| match k {
+        "TRACE_PROXY_STATE_DIR" => Some("/srv/other".to_owned()),
+        "TRACE_PROXY_DATABASE_URL" => Some("postgres://u@db/app".to_owned()),
+        _ => None,
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("p.toml");
+    std::fs::write(&path, MINIMAL).expect("write");
+    let c = Config::load_with(&path, None, &env).expect("valid");
+    assert!(c.database.managed.is_none());
+    assert_eq!(c.server.state_dir, PathBuf::from("/srv/other"));
+    assert_eq!(c.spool.dir, PathBuf::from("/srv/other/spool"));
+
+    let long = format!("/{}", "d".repeat(100));
+    let text = format!("[server]\nstate_dir = \"{long}\"\n{MINIMAL}");
+    let Err(ConfigError::Invalid(problems)) = Config::from_toml_str(&text) else {
+        panic!("a socket path over 107 bytes must be refused");
+    };
+    assert!(problems[0].contains("server.state_dir"), "{problems:?}");
+    let relative = format!("[server]\nstate_dir = \"state\"\n{MINIMAL}");
+    assert!(Config::from_toml_str(&relative).is_err());
+}

@@ -695,3 +695,155 @@ async fn a_journal_is_never_replayed_into_another_database() {
     assert_eq!(db_b.trace_rows(&trace).await.len(), 1);
     assert!(db_a.trace_rows(&trace).await.is_empty());
 }
+
+/// The managed PostgreSQL of a state directory, over its socket.
+async fn managed_client(state: &std::path::Path) -> Result<tokio_postgres::Client, String> {
+    let mut pg = tokio_postgres::Config::new();
+    pg.host_path(state.join("postgres"))
+        .port(5432)
+        .user("trace_proxy")
+        .dbname("postgres");
+    let (client, conn) = pg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// Makes `dir` searchable by everyone: as root, the managed PostgreSQL runs as `postgres`,
+/// which must reach the state directory inside it (a temporary directory is owner-only).
+fn traversable(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+#[tokio::test]
+async fn without_a_database_url_the_proxy_initialises_records_into_and_stops_its_own_postgresql() {
+    let site = Site::new().await;
+    traversable(site.dir.path());
+    let state = site.dir.path().join("state");
+    let up = upstream(|_req| async { Response::new(full("{\"ok\":true}")) }).await;
+    let config = format!(
+        "[server]\nlisten = \"{}\"\nstate_dir = \"{}\"\n[admin]\nlisten = \"{}\"\n\
+         [retention]\ninterval = \"0\"\n[[routes]]\nname = \"n8n\"\nupstream = \"http://{up}\"\n\
+         source_service = \"bilko-app\"\ndestination_service = \"n8n\"\n",
+        site.listen,
+        state.display(),
+        site.admin
+    );
+    let mut proxy = RunningBinary::start(&site, &config).await;
+    let trace = Uuid::new_v4().simple().to_string();
+    let req = post(
+        &proxy.url("/webhook/managed"),
+        &trace,
+        r#"{"password":"hunter2"}"#,
+    );
+    let (status, _) = fetch(req).await.expect("answered");
+    assert_eq!(status, StatusCode::OK);
+    let pg = managed_client(&state)
+        .await
+        .expect("the managed server's socket");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let row = loop {
+        let rows = pg
+            .query(
+                "SELECT overall_status, request_payload::text FROM communication_traces WHERE trace_id = $1",
+                &[&trace],
+            )
+            .await
+            .expect("query");
+        if rows
+            .first()
+            .is_some_and(|r| r.get::<_, String>(0) == "success")
+        {
+            break rows.into_iter().next().expect("row");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no final row in the managed database"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!row.get::<_, String>(1).contains("hunter2"));
+
+    // A command of the same instance uses the running server and leaves it running.
+    let path = site.dir.path().join("proxy-1.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_trace-proxy"))
+        .args(["traces", "--config"])
+        .arg(&path)
+        .args(["chain", &trace])
+        .env_remove("TRACE_PROXY_DATABASE_URL")
+        .output()
+        .expect("traces");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(&trace),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pg.query_one("SELECT 1", &[])
+        .await
+        .expect("still running after the command");
+
+    proxy.sigterm();
+    let status = proxy.wait_exit(Duration::from_secs(20)).await;
+    assert!(status.success(), "{status}");
+    let pid_file = state.join("postgres/data/postmaster.pid");
+    assert!(!pid_file.exists(), "the server was left running");
+    assert!(managed_client(&state).await.is_err());
+    drop(proxy);
+
+    // The next start reuses the cluster: the row is still there.
+    let mut proxy = RunningBinary::start(&site, &config).await;
+    let pg = managed_client(&state).await.expect("restarted");
+    let n: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM communication_traces WHERE trace_id = $1",
+            &[&trace],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 1);
+    proxy.sigterm();
+    assert!(proxy.wait_exit(Duration::from_secs(20)).await.success());
+    assert!(!pid_file.exists());
+}
+
+#[tokio::test]
+async fn without_the_postgresql_server_installed_the_managed_database_says_how_to_get_it() {
+    let site = Site::new().await;
+    let empty = site.dir.path().join("no-binaries");
+    std::fs::create_dir(&empty).expect("dir");
+    let config = format!(
+        "[server]\nlisten = \"{}\"\nstate_dir = \"{}\"\n[database]\npostgres_bin_dir = \"{}\"\n\
+         [[routes]]\nname = \"n8n\"\nupstream = \"http://127.0.0.1:9\"\n\
+         source_service = \"bilko-app\"\ndestination_service = \"n8n\"\n",
+        site.listen,
+        site.dir.path().join("state").display(),
+        empty.display()
+    );
+    let path = site.dir.path().join("proxy.toml");
+    std::fs::write(&path, config).expect("write");
+    for (args, code) in [
+        (&["serve"][..], 69),
+        (&["check-config", "--connect"][..], 1),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_trace-proxy"))
+            .args(args)
+            .arg("--config")
+            .arg(&path)
+            .env("NO_COLOR", "1")
+            .env_remove("TRACE_PROXY_DATABASE_URL")
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert!(
+            err.contains("server binaries (initdb, pg_ctl, postgres) were not found"),
+            "{err}"
+        );
+        assert!(err.contains("apt-get install postgresql"), "{err}");
+    }
+}

@@ -24,8 +24,9 @@ pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Environment variables of the test run that would change what a spawned `trace-proxy`
 /// binary reads (its configuration file, overlay, overrides, log level): removed from it.
-pub const CONFIG_ENV: [&str; 8] = [
+pub const CONFIG_ENV: [&str; 9] = [
     "TRACE_PROXY_CONFIG",
+    "TRACE_PROXY_STATE_DIR",
     "TRACE_PROXY_ENV",
     "TRACE_PROXY_DATABASE_URL",
     "TRACE_PROXY_LISTEN",
@@ -225,7 +226,7 @@ impl Proxy {
     async fn launch(toml: &str, with_admin: bool) -> Proxy {
         let mut config = Config::from_toml_str(toml).unwrap_or_else(|e| panic!("test config: {e}"));
         // Each proxy gets a spool directory of its own unless the test chose one.
-        let default_dir = std::path::Path::new(trace_proxy::config::DEFAULT_SPOOL_DIR);
+        let default_dir = config.server.state_dir.join("spool");
         let spool = (config.spool.dir == default_dir).then(|| {
             let dir = tempfile::tempdir().expect("spool tempdir");
             config.spool.dir = dir.path().to_owned();

@@ -33,6 +33,9 @@ const SEARCHED: [&str; 7] = [
 /// How to get the server binaries, for the message when they are missing.
 const INSTALL_HINT: &str = "install the PostgreSQL server: `sudo apt-get install postgresql` (Debian, Ubuntu), `sudo dnf install postgresql-server` (Fedora), `brew install postgresql@17` (macOS); or set database.postgres_bin_dir to where initdb and pg_ctl are, or database.url to an existing PostgreSQL";
 
+/// Why a server binary run as `postgres` may be refused a directory.
+const ROOT_HINT: &str = "(as root, the server runs as the `postgres` user, which must be able to enter the state directory and every directory above it: make them searchable (chmod o+x), or choose another server.state_dir)";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ManagedError {
     #[error("no database.url is set, so trace-proxy runs a private PostgreSQL, but its server binaries (initdb, pg_ctl, postgres) were not found ({searched}): {INSTALL_HINT}")]
@@ -305,9 +308,18 @@ impl ManagedPostgres {
         if let Some((uid, gid)) = self.run_as {
             cmd.uid(uid.as_raw()).gid(gid.as_raw());
         }
-        cmd.output().map_err(|source| ManagedError::Spawn {
-            program: path,
-            source,
+        cmd.output().map_err(|source| match self.run_as {
+            Some(_) if source.kind() == std::io::ErrorKind::PermissionDenied => {
+                ManagedError::Failed {
+                    step: "starting the server binaries",
+                    dir: self.db.dir.clone(),
+                    log: format!("{}: {source}\n{ROOT_HINT}", path.display()),
+                }
+            }
+            _ => ManagedError::Spawn {
+                program: path,
+                source,
+            },
         })
     }
 
@@ -319,6 +331,10 @@ impl ManagedPostgres {
                 text.push('\n');
                 text.push_str(l);
             }
+        }
+        if self.run_as.is_some() && text.contains("ermission denied") {
+            text.push('\n');
+            text.push_str(ROOT_HINT);
         }
         ManagedError::Failed {
             step,

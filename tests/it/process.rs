@@ -847,3 +847,38 @@ async fn without_the_postgresql_server_installed_the_managed_database_says_how_t
         assert!(err.contains("apt-get install postgresql"), "{err}");
     }
 }
+
+#[tokio::test]
+async fn a_state_directory_the_server_user_cannot_enter_is_named_with_the_remedy() {
+    // An owner-only directory: as root, the managed server (run as `postgres`) cannot enter
+    // it; as anyone else, the server runs as the owner and can.
+    let site = Site::new().await;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let owner_only = std::fs::Permissions::from_mode(0o700);
+        std::fs::set_permissions(site.dir.path(), owner_only).expect("chmod");
+    }
+    let config = format!(
+        "[server]\nstate_dir = \"{}\"\n[[routes]]\nname = \"n8n\"\nupstream = \"http://127.0.0.1:9\"\n\
+         source_service = \"bilko-app\"\ndestination_service = \"n8n\"\n",
+        site.dir.path().join("state").display()
+    );
+    let path = site.dir.path().join("proxy.toml");
+    std::fs::write(&path, config).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_trace-proxy"))
+        .args(["check-config", "--connect", "--config"])
+        .arg(&path)
+        .env_remove("TRACE_PROXY_DATABASE_URL")
+        .env_remove("TRACE_PROXY_STATE_DIR")
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    if nix::unistd::geteuid().is_root() {
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("runs as the `postgres` user"), "{err}");
+        assert!(err.contains("server.state_dir"), "{err}");
+    } else {
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        assert!(err.contains("ok   managed PostgreSQL"), "{err}");
+    }
+}

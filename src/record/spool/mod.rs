@@ -625,7 +625,7 @@ fn take_lock(dir: &Path) -> Result<File, SpoolError> {
         Ok(()) => Ok(lock),
         Err(fs::TryLockError::WouldBlock) => Err(SpoolError::Open {
             dir: dir.to_owned(),
-            what: "in use by another trace-proxy process",
+            what: "in use by another trace-proxy process (each instance needs a state directory of its own: set server.state_dir or TRACE_PROXY_STATE_DIR)",
             source: None,
         }),
         Err(fs::TryLockError::Error(e)) => Err(SpoolError::open(dir, "cannot lock")(e)),

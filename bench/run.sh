@@ -16,12 +16,19 @@
 #   NGINX_WORKERS       nginx worker_processes                    (auto)
 #   BASELINE_BIN        another trace-proxy binary (e.g. an earlier build) to
 #                       measure side by side as target "baseline", on port
-#                       BENCH_PORT_BASE + 3, recording into the same database;
-#                       adds "baseline" to BENCH_TARGETS (last, unless listed)
+#                       BENCH_PORT_BASE + 3, recording into a database of its own
+#                       (trace_proxy_bench_baseline, migrated by that build, so
+#                       schemas can differ); adds "baseline" to BENCH_TARGETS
+#                       (last, unless listed)
 #
-# Everything listens on and is sent to 127.0.0.1 only. The bench database
-# (trace_proxy_bench) is dropped and re-created at the start and left behind
-# for inspection.
+# Besides rps and latency, each throughput run reports what a request cost: CPU
+# time per request of each process group (the target — trace-proxy or nginx —,
+# PostgreSQL's server processes, the upstream, wrk), how busy the machine was,
+# and the WAL PostgreSQL wrote per request.
+#
+# Everything listens on and is sent to 127.0.0.1 only. The bench databases
+# (trace_proxy_bench, trace_proxy_bench_baseline) are dropped and re-created at
+# the start and left behind for inspection.
 set -euo pipefail
 
 # shellcheck source=bench/common.sh
@@ -54,7 +61,7 @@ BASELINE_PORT=$((BENCH_PORT_BASE + 3))
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 # Results, keyed "<target>/<mode>" with mode "tput" or "c1".
-declare -A RPS P50 P99 ERRS CPU_US
+declare -A RPS P50 P99 ERRS CPU_US PG_US UP_US WRK_US BUSY WAL_B
 PROXY_REQUESTS_SENT=0
 
 # PIDs of the processes this script started; cleanup kills exactly these.
@@ -161,11 +168,15 @@ build() {
 }
 
 prepare_database() {
-    log "re-creating database $BENCH_DB"
+    log "re-creating database $BENCH_DB${BASELINE_BIN:+ and ${BENCH_DB}_baseline}"
     "$PSQL" -X -q -v ON_ERROR_STOP=1 "$BENCH_DATABASE_URL" \
         -c "SET client_min_messages = warning" \
         -c "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)" \
+        -c "DROP DATABASE IF EXISTS ${BENCH_DB}_baseline WITH (FORCE)" \
         -c "CREATE DATABASE $BENCH_DB" >/dev/null
+    if [[ -n $BASELINE_BIN ]]; then
+        "$PSQL" -X -q -v ON_ERROR_STOP=1 "$BENCH_DATABASE_URL" -c "CREATE DATABASE ${BENCH_DB}_baseline" >/dev/null
+    fi
     # Table for the one-commit measurement; the proxy creates its own tables.
     "$PSQL" -X -q -v ON_ERROR_STOP=1 "$PROXY_DB_URL" -c "CREATE TABLE bench_commit(v int)" >/dev/null
 }
@@ -208,17 +219,17 @@ EOF
     wait_for_port "$NGINX_PORT" "$NGINX_PID" 10 nginx "$TMP/nginx/error.log"
 }
 
-# Starts trace-proxy binary $1 as target $2 on port $3, recording into the bench database;
-# its PID is left in STARTED_PID.
+# Starts trace-proxy binary $1 as target $2 on port $3, recording into database URL $4; its
+# PID is left in STARTED_PID.
 start_one_proxy() {
-    local bin=$1 name=$2 port=$3
+    local bin=$1 name=$2 port=$3 db_url=$4
     ensure_port_free "$port" "set BENCH_PORT_BASE to a free range"
     cat >"$TMP/$name.toml" <<EOF
 [server]
 listen = "$HOST:$port"
 
 [database]
-url = "$PROXY_DB_URL"
+url = "$db_url"
 
 # Off: several proxies run at once here, and the default admin port is shared.
 [admin]
@@ -242,12 +253,11 @@ EOF
 }
 
 start_proxy() {
-    start_one_proxy "$TARGET_DIR/release/trace-proxy" trace-proxy "$PROXY_PORT"
+    start_one_proxy "$TARGET_DIR/release/trace-proxy" trace-proxy "$PROXY_PORT" "$PROXY_DB_URL"
     PROXY_PID=$STARTED_PID
-    # The baseline starts after the proxy under test migrated the database, so both write
-    # to the same table with the same indexes.
+    # The baseline migrates a database of its own: its schema is the one its build made.
     if [[ -n $BASELINE_BIN ]]; then
-        start_one_proxy "$BASELINE_BIN" baseline "$BASELINE_PORT"
+        start_one_proxy "$BASELINE_BIN" baseline "$BASELINE_PORT" "$BASELINE_DB_URL"
         BASELINE_PID=$STARTED_PID
     fi
 }
@@ -268,13 +278,32 @@ target_port() {
 # CPU time (user + system, in clock ticks) a process has used so far.
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
-# The PID serving a target, for targets whose CPU use is reported.
+# The PIDs serving a target (nginx: its master and workers), for targets whose CPU use is
+# reported.
 target_pid() {
     case $1 in
     trace-proxy) echo "$PROXY_PID" ;;
     baseline) echo "$BASELINE_PID" ;;
+    nginx) echo "$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')" ;;
     esac
 }
+
+# CPU ticks of the processes $@ (user + system, plus what their exited children used: the
+# PostgreSQL postmaster accounts for backends that came and went).
+group_ticks() {
+    local pid sum=0
+    for pid in "$@"; do
+        sum=$((sum + $(awk '{ print $14 + $15 + $16 + $17 }' "/proc/$pid/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$sum"
+}
+
+# "busy total" jiffies of the whole machine (busy = all but idle and iowait).
+machine_jiffies() {
+    awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t; exit }' /proc/stat
+}
+
+wal_lsn() { "$PSQL" -X -A -t -q "$BENCH_DATABASE_URL" -c "SELECT pg_current_wal_lsn()"; }
 
 # One wrk invocation; the output goes to the file $1.
 run_wrk() {
@@ -297,17 +326,38 @@ measure() {
     run_wrk "$warm" "$threads" "$conns" "$WARMUP" "$url"
     # The proxy's own CPU per request is steadier than throughput, which the database's
     # background work (checkpoints, autovacuum) moves from run to run.
-    local pid before=""
-    pid=$(target_pid "$target")
-    [[ -n $pid ]] && before=$(cpu_ticks "$pid")
-    run_wrk "$out" "$threads" "$conns" "$DURATION" "$url"
-    if [[ -n $before ]]; then
-        CPU_US[$target/$mode]=$(awk -v b="$before" -v a="$(cpu_ticks "$pid")" \
-            -v hz="$(getconf CLK_TCK)" -v n="$(wrk_requests "$out")" \
-            'BEGIN { printf "%.1f", (n > 0 ? (a - b) / hz * 1e6 / n : 0) }')
-    fi
+    local pids before="" pg_pids pg_before up_before wal_before busy_before total_before
+    pids=$(target_pid "$target")
+    # shellcheck disable=SC2086 # one PID per word
+    [[ -n $pids ]] && before=$(group_ticks $pids)
+    pg_pids=$(pgrep -x postgres | tr '\n' ' ')
+    # shellcheck disable=SC2086
+    pg_before=$(group_ticks $pg_pids)
+    up_before=$(group_ticks "$UPSTREAM_PID")
+    wal_before=$(wal_lsn)
+    read -r busy_before total_before < <(machine_jiffies)
+    /usr/bin/time -f '%U %S' -o "$TMP/wrk-time.txt" \
+        wrk -t"$threads" -c"$conns" -d"${DURATION}s" --latency -s "$TMP/post.lua" "$url" >"$out" 2>&1 ||
+        {
+            cat "$out" >&2
+            die "wrk failed against $url"
+        }
+    local busy_after total_after n hz key="$target/$mode"
+    read -r busy_after total_after < <(machine_jiffies)
+    n=$(wrk_requests "$out")
+    hz=$(getconf CLK_TCK)
+    per_request() { awk -v d="$1" -v hz="$hz" -v n="$n" 'BEGIN { printf "%.1f", (n > 0 ? d / hz * 1e6 / n : 0) }'; }
+    # shellcheck disable=SC2086
+    [[ -n $before ]] && CPU_US[$key]=$(per_request $(($(group_ticks $pids) - before)))
+    # shellcheck disable=SC2086
+    PG_US[$key]=$(per_request $(($(group_ticks $pg_pids) - pg_before)))
+    UP_US[$key]=$(per_request $(($(group_ticks "$UPSTREAM_PID") - up_before)))
+    WRK_US[$key]=$(awk -v n="$n" '{ printf "%.1f", (n > 0 ? ($1 + $2) * 1e6 / n : 0) }' "$TMP/wrk-time.txt")
+    BUSY[$key]=$(awk -v b=$((busy_after - busy_before)) -v t=$((total_after - total_before)) \
+        'BEGIN { printf "%.0f", (t > 0 ? 100 * b / t : 0) }')
+    WAL_B[$key]=$("$PSQL" -X -A -t -q "$BENCH_DATABASE_URL" -c \
+        "SELECT round(pg_wal_lsn_diff('$(wal_lsn)', '$wal_before') / greatest($n, 1))")
 
-    local key="$target/$mode"
     RPS[$key]=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
     P50[$key]=$(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")")
     P99[$key]=$(to_ms "$(awk '$1 == "99%" { print $2 }' "$out")")
@@ -353,9 +403,19 @@ SQL
     D1_COMMIT_MS=$(pgbench_ms "$TMP/d1.sql")
 }
 
-# Prints the count, or "n/a" when the proxy's table is not there (yet).
+# Prints the count over the proxies' databases, or "n/a" when a proxy's table is not there
+# (yet).
 count_rows() {
-    "$PSQL" -X -A -t -q "$PROXY_DB_URL" -c "$1" 2>/dev/null || echo n/a
+    local url n sum=0
+    for url in "$PROXY_DB_URL" ${BASELINE_BIN:+"$BASELINE_DB_URL"}; do
+        n=$("$PSQL" -X -A -t -q "$url" -c "$1" 2>/dev/null) || n=""
+        [[ $n =~ ^[0-9]+$ ]] || {
+            echo n/a
+            return
+        }
+        sum=$((sum + n))
+    done
+    echo "$sum"
 }
 
 # The proxy may write its rows asynchronously: wait (up to 10 s) until every
@@ -382,7 +442,7 @@ settle_rows() {
 
 print_table() {
     local t mode conns key
-    printf '\n%-12s %6s %12s %10s %10s %8s %12s\n' target conns rps "p50 ms" "p99 ms" errors "proxy cpu/req"
+    printf '\n%-12s %6s %12s %10s %10s %8s %12s\n' target conns rps "p50 ms" "p99 ms" errors "target cpu/req"
     for mode in tput c1; do
         for t in $BENCH_TARGETS; do
             key="$t/$mode"
@@ -392,6 +452,14 @@ print_table() {
                 "${RPS[$key]:-n/a}" "${P50[$key]:-n/a}" "${P99[$key]:-n/a}" "${ERRS[$key]:-n/a}" \
                 "${CPU_US[$key]:+${CPU_US[$key]} us}"
         done
+    done
+    echo
+    printf 'cost per request at %s connections (CPU time in microseconds):\n' "$CONNS"
+    printf '%-12s %10s %12s %10s %10s %8s %12s\n' target target postgresql upstream wrk busy "WAL bytes"
+    for t in $BENCH_TARGETS; do
+        key="$t/tput"
+        printf '%-12s %10s %12s %10s %10s %7s%% %12s\n' "$t" "${CPU_US[$key]:-}" \
+            "${PG_US[$key]:-n/a}" "${UP_US[$key]:-n/a}" "${WRK_US[$key]:-n/a}" "${BUSY[$key]:-n/a}" "${WAL_B[$key]:-n/a}"
     done
     echo
 }
@@ -437,6 +505,7 @@ print_rows() {
 main() {
     validate_settings
     PROXY_DB_URL=$(bench_database_url)
+    BASELINE_DB_URL=$(BENCH_DB=${BENCH_DB}_baseline bench_database_url)
     COMMIT_MS=n/a
     D1_COMMIT_MS=n/a
     TMP=$(mktemp -d /tmp/trace-proxy-bench.XXXXXX)

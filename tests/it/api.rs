@@ -1291,7 +1291,7 @@ async fn every_query_pattern_is_served_by_an_index() {
         // The unique (trace_id, attempt_number) index gives the order directly; the spec's
         // trace_id index plus a sort of a handful of attempts is as good, and the planner
         // chooses either.
-        "idx_traces_trace_attempt|idx_traces_trace_id",
+        "idx_traces_trace_id",
         "getTraceChain",
     );
     let page = Page {
@@ -1416,7 +1416,7 @@ async fn every_query_pattern_is_served_by_an_index() {
                 vec![&since, &until, &top],
             ),
             true => (
-                "idx_traces_workflow_time",
+                "idx_traces_workflow_id",
                 vec![&since, &until, &width, &w],
                 vec![&since, &until, &top, &w],
             ),
@@ -1439,7 +1439,7 @@ async fn every_query_pattern_is_served_by_an_index() {
     );
     assert_uses(
         &explain(&db, &query::unfinished_sql(true), &[&w]).await,
-        "idx_traces_unresolved_by_instance|idx_traces_status|idx_traces_workflow_time|idx_traces_workflow_id",
+        "idx_traces_unresolved_by_instance|idx_traces_status|idx_traces_workflow_id",
         "unfinished now, one workflow",
     );
     let by_workflow = SearchFilter {
@@ -1448,7 +1448,7 @@ async fn every_query_pattern_is_served_by_an_index() {
     };
     assert_uses(
         &explain(&db, &query::search_sql(&by_workflow, &page), &[&w, &limit]).await,
-        "idx_traces_workflow_time",
+        "idx_traces_workflow_id",
         "search by workflow",
     );
     let o = query::overview(&db.client, query::Window::Day, until, None, top)

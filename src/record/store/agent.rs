@@ -45,7 +45,7 @@ pub async fn failure_counts(
     })
 }
 
-/// The newest successful attempt of a workflow before a time: `idx_traces_workflow_time`
+/// The newest successful attempt of a workflow before a time: `idx_traces_workflow_id`
 /// read backwards, the status taken from its INCLUDE columns.
 pub fn last_success_sql() -> String {
     format!(
@@ -114,7 +114,7 @@ pub struct SuccessSample {
     pub requested_at: NaiveDateTime,
 }
 
-/// The newest successful attempts of a workflow (`idx_traces_workflow_time` backwards).
+/// The newest successful attempts of a workflow (`idx_traces_workflow_id` backwards).
 pub const SUCCESS_SAMPLE_SQL: &str = "SELECT request_payload, duration_ms, requested_at \
      FROM communication_traces WHERE workflow_id = $1 AND overall_status = 'success' \
      ORDER BY requested_at DESC, id DESC LIMIT $2";

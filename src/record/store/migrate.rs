@@ -64,6 +64,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "database_identity",
         include_str!("../../../sql/0011_database_identity.sql"),
     ),
+    (
+        12,
+        "fewer_indexes",
+        include_str!("../../../sql/0012_fewer_indexes.sql"),
+    ),
 ];
 
 /// Arbitrary constant identifying the migration lock among advisory locks.

@@ -119,7 +119,7 @@ pub async fn trace_chain(
 }
 
 /// The SQL of [`trace_chain_limited`]. `(trace_id, attempt_number)` is unique
-/// (`idx_traces_trace_attempt`), so the attempt number alone is a stable order, read straight
+/// (`idx_traces_trace_id`), so the attempt number alone is a stable order, read straight
 /// off that index.
 pub fn chain_sql(payloads: bool) -> String {
     format!(
@@ -666,7 +666,7 @@ fn workflow_condition(workflow: bool, n: usize) -> String {
 
 /// The SQL of the overview's buckets and totals: `$1` since, `$2` until, `$3` bucket width in
 /// seconds, `$4` the workflow when `workflow`. One pass over a `requested_at` range
-/// (`idx_traces_requested_at`, or `idx_traces_workflow_time` for one workflow); `GROUPING
+/// (`idx_traces_requested_at`, or `idx_traces_workflow_id` for one workflow); `GROUPING
 /// SETS` gives the window's totals in the same pass.
 pub fn overview_buckets_sql(workflow: bool) -> String {
     format!(

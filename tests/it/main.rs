@@ -26,6 +26,7 @@ mod process;
 mod protocol;
 mod recording;
 mod recovery;
+mod replicas;
 mod retention;
 mod sanitize;
 mod support;

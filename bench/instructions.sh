@@ -15,6 +15,8 @@
 #   CONNS               wrk connections                           (4)
 #   BENCH_PORT_BASE     first port; upstream = base, proxies = base+1..   (28180)
 #   BENCH_DATABASE_URL  admin database URL    (postgres://postgres@127.0.0.1:5432/postgres)
+#   ANNOTATE            print the N functions with the most instructions of their own (self
+#                       cost, callgrind_annotate) for each measured run of this build   (0)
 set -euo pipefail
 
 # shellcheck source=bench/common.sh
@@ -25,6 +27,7 @@ BASELINE_BIN=${BASELINE_BIN:-}
 ROUNDS=${ROUNDS:-2}
 DURATION=${DURATION:-20}
 CONNS=${CONNS:-4}
+ANNOTATE=${ANNOTATE:-0}
 BENCH_PORT_BASE=${BENCH_PORT_BASE:-28180}
 BENCH_DATABASE_URL=${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 BENCH_DB=trace_proxy_bench_instructions
@@ -33,6 +36,7 @@ UPSTREAM_PORT=$BENCH_PORT_BASE
 int_at_least ROUNDS 1
 int_at_least DURATION 1
 int_at_least CONNS 1
+int_at_least ANNOTATE 0
 require_loopback_database_url
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
@@ -98,6 +102,12 @@ TOML
     # The dump after zeroing holds the measured run alone.
     local ir
     ir=$(awk '/^summary:/ { print $2 }' "$TMP/$name.cg.1")
+    if ((ANNOTATE > 0)) && [[ $name == trace-proxy-* ]]; then
+        cp "$TMP/$name.cg.1" "/tmp/instructions-$name.cg"
+        log "callgrind profile kept: /tmp/instructions-$name.cg"
+        callgrind_annotate --inclusive=no "$TMP/$name.cg.1" 2>/dev/null |
+            awk -v n="$ANNOTATE" '/file:function/ { on = 1; next } on && NF { print; if (++k == n) exit }' >&2
+    fi
     echo "$(wrk_requests "$TMP/$name.wrk") $ir"
 }
 

@@ -6,8 +6,11 @@
 #   BENCH_TARGETS="direct nginx" bench/run.sh      # without trace-proxy
 #
 # Environment (all optional):
-#   BENCH_TARGETS       targets to load, in order   (direct nginx trace-proxy)
-#   BENCH_PORT_BASE     trace-proxy port; upstream = +1, nginx = +2   (18080)
+#   BENCH_TARGETS       targets to load, in order   (direct nginx trace-proxy spooled)
+#                       spooled: this build with PostgreSQL unreachable (a closed
+#                       port), so every row goes to the spool journal
+#   BENCH_PORT_BASE     trace-proxy port; upstream = +1, nginx = +2, baseline = +3,
+#                       spooled = +4   (18080)
 #   BENCH_DATABASE_URL  admin database URL    (postgres://postgres@127.0.0.1:5432/postgres)
 #   BENCH_PATH          request path                              (/webhook/bench)
 #   CONNS               connections of the throughput run         (32)
@@ -37,7 +40,7 @@ BENCH_NAME=bench
 
 # ---------------------------------------------------------------- settings
 
-BENCH_TARGETS=${BENCH_TARGETS:-direct nginx trace-proxy}
+BENCH_TARGETS=${BENCH_TARGETS:-direct nginx trace-proxy spooled}
 BENCH_PORT_BASE=${BENCH_PORT_BASE:-18080}
 BENCH_DATABASE_URL=${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 BENCH_PATH=${BENCH_PATH:-/webhook/bench}
@@ -57,6 +60,7 @@ PROXY_PORT=$BENCH_PORT_BASE
 UPSTREAM_PORT=$((BENCH_PORT_BASE + 1))
 NGINX_PORT=$((BENCH_PORT_BASE + 2))
 BASELINE_PORT=$((BENCH_PORT_BASE + 3))
+SPOOLED_PORT=$((BENCH_PORT_BASE + 4))
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
@@ -69,6 +73,7 @@ UPSTREAM_PID=""
 NGINX_PID=""
 PROXY_PID=""
 BASELINE_PID=""
+SPOOLED_PID=""
 STARTED_PID=""
 TMP=""
 
@@ -81,10 +86,10 @@ cleanup() {
     local pid
     # Only ever the PIDs we recorded ourselves: other nginx or postgres
     # instances on this machine are none of our business.
-    for pid in $BASELINE_PID $PROXY_PID $NGINX_PID $UPSTREAM_PID; do
+    for pid in $SPOOLED_PID $BASELINE_PID $PROXY_PID $NGINX_PID $UPSTREAM_PID; do
         kill "$pid" 2>/dev/null || true
     done
-    for pid in $BASELINE_PID $PROXY_PID $NGINX_PID $UPSTREAM_PID; do
+    for pid in $SPOOLED_PID $BASELINE_PID $PROXY_PID $NGINX_PID $UPSTREAM_PID; do
         wait "$pid" 2>/dev/null || true
     done
     if [[ -n $TMP && -d $TMP ]]; then
@@ -104,15 +109,15 @@ validate_settings() {
     local t
     for t in $BENCH_TARGETS; do
         case $t in
-        direct | nginx | trace-proxy | baseline) ;;
-        *) die "unknown target '$t' in BENCH_TARGETS (known: direct nginx trace-proxy)" ;;
+        direct | nginx | trace-proxy | baseline | spooled) ;;
+        *) die "unknown target '$t' in BENCH_TARGETS (known: direct nginx trace-proxy spooled)" ;;
         esac
     done
     int_at_least CONNS 2 # wrk -t2 needs at least 2 connections
     int_at_least DURATION 1
     int_at_least WARMUP 1
     int_at_least BENCH_PORT_BASE 1
-    ((BENCH_PORT_BASE < 65532)) || die "BENCH_PORT_BASE must leave room for three more ports"
+    ((BENCH_PORT_BASE < 65531)) || die "BENCH_PORT_BASE must leave room for four more ports"
     if [[ -n $BASELINE_BIN ]]; then
         [[ -x $BASELINE_BIN ]] || die "BASELINE_BIN '$BASELINE_BIN' is not an executable"
         has_target trace-proxy || die "BASELINE_BIN needs the trace-proxy target (it migrates the database)"
@@ -148,7 +153,7 @@ build() {
     local args=(--example bench_upstream)
     # Only build the proxy when we are going to load it, so the other
     # targets can be measured while the proxy does not compile.
-    has_target trace-proxy && args=(--bin trace-proxy "${args[@]}")
+    { has_target trace-proxy || has_target spooled; } && args=(--bin trace-proxy "${args[@]}")
     log "cargo build --release ${args[*]}"
     (cd "$REPO" && cargo build --release "${args[@]}") && return
     has_target trace-proxy && die "cargo build failed"
@@ -219,10 +224,10 @@ EOF
     wait_for_port "$NGINX_PORT" "$NGINX_PID" 10 nginx "$TMP/nginx/error.log"
 }
 
-# Starts trace-proxy binary $1 as target $2 on port $3, recording into database URL $4; its
-# PID is left in STARTED_PID.
+# Starts trace-proxy binary $1 as target $2 on port $3, recording into database URL $4 ($5: more
+# [database] settings); its PID is left in STARTED_PID.
 start_one_proxy() {
-    local bin=$1 name=$2 port=$3 db_url=$4
+    local bin=$1 name=$2 port=$3 db_url=$4 db_extra=${5:-}
     ensure_port_free "$port" "set BENCH_PORT_BASE to a free range"
     cat >"$TMP/$name.toml" <<EOF
 [server]
@@ -230,6 +235,7 @@ listen = "$HOST:$port"
 
 [database]
 url = "$db_url"
+$db_extra
 
 # Off: several proxies run at once here, and the default admin port is shared.
 [admin]
@@ -262,6 +268,14 @@ start_proxy() {
     fi
 }
 
+# This build with PostgreSQL unreachable: a closed port, so every pending row and final update
+# goes to the spool journal (on_unavailable = "spool", the default).
+start_spooled() {
+    start_one_proxy "$TARGET_DIR/release/trace-proxy" spooled "$SPOOLED_PORT" \
+        "postgres://postgres@$HOST:1/unreachable" 'connect_timeout = "200ms"'
+    SPOOLED_PID=$STARTED_PID
+}
+
 # ---------------------------------------------------------------- measuring
 
 target_port() {
@@ -270,6 +284,7 @@ target_port() {
     nginx) echo "$NGINX_PORT" ;;
     trace-proxy) echo "$PROXY_PORT" ;;
     baseline) echo "$BASELINE_PORT" ;;
+    spooled) echo "$SPOOLED_PORT" ;;
     esac
 }
 
@@ -284,6 +299,7 @@ target_pid() {
     case $1 in
     trace-proxy) echo "$PROXY_PID" ;;
     baseline) echo "$BASELINE_PID" ;;
+    spooled) echo "$SPOOLED_PID" ;;
     nginx) echo "$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')" ;;
     esac
 }
@@ -477,6 +493,10 @@ print_comparisons() {
     else
         echo "trace-proxy p50 - direct p50 (1 conn): n/a (needs both targets)"
     fi
+    if [[ -n ${RPS[spooled/tput]:-} && -n ${RPS[nginx/tput]:-} ]]; then
+        awk -v p="${RPS[spooled/tput]}" -v n="${RPS[nginx/tput]}" -v c="$CONNS" \
+            'BEGIN { printf "spooled / nginx rps (%s conns): %.3f\n", c, (n > 0 ? p / n : 0) }'
+    fi
     if [[ -n ${RPS[baseline/tput]:-} && -n ${RPS[trace-proxy/tput]:-} ]]; then
         awk -v p="${RPS[trace-proxy/tput]}" -v b="${RPS[baseline/tput]}" -v c="$CONNS" \
             'BEGIN { printf "trace-proxy / baseline rps (%s conns): %.3f\n", c, (b > 0 ? p / b : 0) }'
@@ -527,6 +547,7 @@ main() {
     start_upstream "set BENCH_PORT_BASE to a free range"
     has_target nginx && start_nginx
     has_target trace-proxy && start_proxy
+    has_target spooled && start_spooled
 
     # The commit cost is measured while nothing else is loading the machine.
     measure_commit

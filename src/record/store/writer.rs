@@ -420,6 +420,17 @@ struct Conn {
 }
 
 impl Conn {
+    /// The task's kept connection unless PostgreSQL closed it, else a new one (within the
+    /// batch deadline).
+    async fn kept_or_new(slot: &mut Option<Conn>, ctx: &Ctx) -> Result<Conn, StoreError> {
+        if let Some(kept) = slot.take().filter(|c| !c.client.is_closed()) {
+            return Ok(kept);
+        }
+        tokio::time::timeout(ctx.deadline, Conn::open(&ctx.pool))
+            .await
+            .unwrap_or(Err(StoreError::Timeout(ctx.deadline)))
+    }
+
     async fn open(pool: &deadpool_postgres::Pool) -> Result<Conn, StoreError> {
         let client = pool.get().await?;
         let insert = client.prepare_cached(INSERT).await?;
@@ -449,25 +460,14 @@ async fn write_batch(ctx: &Ctx, batch: &mut Vec<Op>, slot: &mut Option<Conn>) {
         }
     }
 
-    let kept = slot.take().filter(|c| !c.client.is_closed());
-    let conn = match kept {
-        Some(c) => c,
-        None => match tokio::time::timeout(ctx.deadline, Conn::open(&ctx.pool)).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %Chain(&e), inserts = ins.id.len(), finishes = fin.id.len(), "store unavailable");
-                ins.fail(&e);
-                ctx.unwritten_finishes(fin, &e);
-                return;
-            }
-            Err(_) => {
-                let e = StoreError::Timeout(ctx.deadline);
-                tracing::warn!(error = %Chain(&e), inserts = ins.id.len(), finishes = fin.id.len(), "store unavailable");
-                ins.fail(&e);
-                ctx.unwritten_finishes(fin, &e);
-                return;
-            }
-        },
+    let conn = match Conn::kept_or_new(slot, ctx).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %Chain(&e), inserts = ins.id.len(), finishes = fin.id.len(), "store unavailable");
+            ins.fail(&e);
+            ctx.unwritten_finishes(fin, &e);
+            return;
+        }
     };
     let client = &conn.client;
 

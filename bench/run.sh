@@ -17,6 +17,8 @@
 #   DURATION            seconds of each measured run              (10)
 #   WARMUP              seconds of the warm-up before each run    (2)
 #   NGINX_WORKERS       nginx worker_processes                    (auto)
+#   PROXY_DATABASE      more [database] settings for the trace-proxy target, e.g.
+#                       "writer_tasks = 4" (the server settings a deployment tunes)
 #   BASELINE_BIN        another trace-proxy binary (e.g. an earlier build) to
 #                       measure side by side as target "baseline", on port
 #                       BENCH_PORT_BASE + 3, recording into a database of its own
@@ -259,7 +261,7 @@ EOF
 }
 
 start_proxy() {
-    start_one_proxy "$TARGET_DIR/release/trace-proxy" trace-proxy "$PROXY_PORT" "$PROXY_DB_URL"
+    start_one_proxy "$TARGET_DIR/release/trace-proxy" trace-proxy "$PROXY_PORT" "$PROXY_DB_URL" "${PROXY_DATABASE:-}"
     PROXY_PID=$STARTED_PID
     # The baseline migrates a database of its own: its schema is the one its build made.
     if [[ -n $BASELINE_BIN ]]; then

@@ -17,6 +17,7 @@
 #   DURATION            seconds of each measured run              (10)
 #   WARMUP              seconds of the warm-up before each run    (2)
 #   NGINX_WORKERS       nginx worker_processes                    (auto)
+#   FLOOR_BATCH         rows per statement of the PostgreSQL floor (see below)   (16)
 #   PROXY_DATABASE      more [database] settings for the trace-proxy target, e.g.
 #                       "writer_tasks = 4" (the server settings a deployment tunes)
 #   BASELINE_BIN        another trace-proxy binary (e.g. an earlier build) to
@@ -30,6 +31,13 @@
 # time per request of each process group (the target — trace-proxy or nginx —,
 # PostgreSQL's server processes, the upstream, wrk), how busy the machine was,
 # and the WAL PostgreSQL wrote per request.
+#
+# The floor: what PostgreSQL alone does with the proxy's write pattern, measured by pgbench
+# after the targets (-c2, the writer's two tasks, DURATION seconds): each transaction is one
+# statement inserting FLOOR_BATCH pending rows, numbered as the writer numbers them, and
+# finishing (by id) the FLOOR_BATCH its client inserted with the statement before, in a copy
+# of communication_traces with the same indexes.
+# Printed as requests/s (statements/s x FLOOR_BATCH) and PostgreSQL CPU per request.
 #
 # Everything listens on and is sent to 127.0.0.1 only. The bench databases
 # (trace_proxy_bench, trace_proxy_bench_baseline) are dropped and re-created at
@@ -50,6 +58,7 @@ CONNS=${CONNS:-32}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 NGINX_WORKERS=${NGINX_WORKERS:-auto}
+FLOOR_BATCH=${FLOOR_BATCH:-16}
 BASELINE_BIN=${BASELINE_BIN:-}
 # Measured after the others unless BENCH_TARGETS places "baseline" itself.
 if [[ -n $BASELINE_BIN && " $BENCH_TARGETS " != *" baseline "* ]]; then
@@ -118,6 +127,7 @@ validate_settings() {
     int_at_least CONNS 2 # wrk -t2 needs at least 2 connections
     int_at_least DURATION 1
     int_at_least WARMUP 1
+    int_at_least FLOOR_BATCH 1
     int_at_least BENCH_PORT_BASE 1
     ((BENCH_PORT_BASE < 65531)) || die "BENCH_PORT_BASE must leave room for four more ports"
     if [[ -n $BASELINE_BIN ]]; then
@@ -482,7 +492,63 @@ print_table() {
     echo
 }
 
+# The PostgreSQL floor (see the header): sets FLOOR_RPS and FLOOR_PG_US.
+measure_floor() {
+    has_target trace-proxy || return 0
+    "$PSQL" -X -q -v ON_ERROR_STOP=1 "$PROXY_DB_URL" \
+        -c "CREATE TABLE floor_traces (LIKE communication_traces INCLUDING ALL)" >/dev/null
+    cat >"$TMP/floor.sql" <<SQL
+WITH fin AS (
+    UPDATE floor_traces t SET responded_at = now()::timestamp, duration_ms = 3,
+        response_payload = '{"ok":true,"executionId":"bench-1"}', overall_status = 'success',
+        http_status = 200, request_bytes = 26, response_bytes = 35
+    FROM unnest(':ids'::uuid[]) AS u(id) WHERE t.id = u.id RETURNING 1
+), u AS (
+    SELECT gen_random_uuid() AS id, md5(random()::text) AS trace_id, g AS ord
+    FROM generate_series(1, $FLOOR_BATCH) g
+), ins AS (
+    INSERT INTO floor_traces (id, trace_id, attempt_number, source_service, destination_service,
+        workflow_id, user_id, requested_at, request_payload, http_method, http_target,
+        route_name, proxy_instance)
+    SELECT u.id, u.trace_id,
+        (COALESCE((SELECT max(c.attempt_number) FROM floor_traces c WHERE c.trace_id = u.trace_id), 0)
+         + row_number() OVER (PARTITION BY u.trace_id ORDER BY u.ord))::int4,
+        'bilko-app', 'n8n', 'bench', 'bench-user', now()::timestamp,
+        '{"workflow":"bench","n":1}', 'POST', '$BENCH_PATH', 'bench', gen_random_uuid()
+    FROM u
+    ON CONFLICT DO NOTHING RETURNING id
+)
+SELECT array_agg(id)::text AS ids, (SELECT count(*) FROM fin) AS finished FROM ins
+\gset
+SQL
+    log "PostgreSQL floor: pgbench -c2, $FLOOR_BATCH rows inserted and finished per statement, ${DURATION}s"
+    local pg_pids pg_before out="$TMP/floor.txt"
+    pg_pids=$(pgrep -x postgres | tr '\n' ' ')
+    # shellcheck disable=SC2086 # one PID per word
+    pg_before=$(group_ticks $pg_pids)
+    # Each statement finishes the rows its client inserted with the one before (by id, as the
+    # writer does): pgbench keeps the ids in a client variable.
+    "$PGBENCH" -n -c2 -T"$DURATION" -D ids='{}' -f "$TMP/floor.sql" "$PROXY_DB_URL" >"$out" 2>&1 ||
+        {
+            cat "$out" >&2
+            die "pgbench (floor) failed"
+        }
+    local tps
+    tps=$(awk '/^tps = / { print $3; exit }' "$out")
+    FLOOR_RPS=$(awk -v t="$tps" -v b="$FLOOR_BATCH" 'BEGIN { printf "%.0f", t * b }')
+    # shellcheck disable=SC2086
+    FLOOR_PG_US=$(awk -v d=$(($(group_ticks $pg_pids) - pg_before)) -v hz="$(getconf CLK_TCK)" \
+        -v n="$(awk -v t="$tps" -v b="$FLOOR_BATCH" -v s="$DURATION" 'BEGIN { print t * b * s }')" \
+        'BEGIN { printf "%.1f", (n > 0 ? d / hz * 1e6 / n : 0) }')
+}
+
 print_comparisons() {
+    if [[ -n ${FLOOR_RPS:-} ]]; then
+        printf 'PostgreSQL floor (pgbench, %s rows inserted + finished per statement, 2 clients): %s requests/s, %s us PostgreSQL CPU per request\n' \
+            "$FLOOR_BATCH" "$FLOOR_RPS" "$FLOOR_PG_US"
+        [[ -n ${RPS[trace-proxy/tput]:-} ]] && awk -v p="${RPS[trace-proxy/tput]}" -v f="$FLOOR_RPS" \
+            'BEGIN { printf "trace-proxy / PostgreSQL floor rps: %.3f\n", (f > 0 ? p / f : 0) }'
+    fi
     if [[ -n ${RPS[trace-proxy/tput]:-} && -n ${RPS[nginx/tput]:-} ]]; then
         awk -v p="${RPS[trace-proxy/tput]}" -v n="${RPS[nginx/tput]}" -v c="$CONNS" \
             'BEGIN { printf "trace-proxy / nginx rps (%s conns): %.3f\n", c, (n > 0 ? p / n : 0) }'
@@ -560,6 +626,7 @@ main() {
         measure "$t" c1 1 1
     done
 
+    measure_floor
     print_table
     print_comparisons
     print_rows

@@ -150,9 +150,19 @@ fn main() -> ExitCode {
             return ExitCode::from(70);
         }
     };
-    let managed = match start_managed(&config, serving) {
-        Ok(m) => m,
-        Err(code) => return code,
+    // `spool status` reads the journal only.
+    let needs_database = !matches!(
+        command,
+        Command::Spool {
+            action: SpoolAction::Status
+        }
+    );
+    let managed = match needs_database {
+        false => None,
+        true => match start_managed(&config, serving) {
+            Ok(m) => m,
+            Err(code) => return code,
+        },
     };
     let result = runtime.block_on(async move {
         match command {

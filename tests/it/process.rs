@@ -846,6 +846,21 @@ async fn without_the_postgresql_server_installed_the_managed_database_says_how_t
         );
         assert!(err.contains("apt-get install postgresql"), "{err}");
     }
+    // `spool status` reads the journal only: it needs no database, managed or not.
+    std::fs::create_dir_all(site.dir.path().join("state/spool")).expect("spool dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_trace-proxy"))
+        .args(["spool", "status", "--config"])
+        .arg(&path)
+        .env_remove("TRACE_PROXY_DATABASE_URL")
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("journal: 0 segment(s)"), "{text}");
 }
 
 #[tokio::test]

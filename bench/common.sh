@@ -124,6 +124,35 @@ start_upstream() {
     wait_for_port "$UPSTREAM_PORT" "$UPSTREAM_PID" 10 bench_upstream "$TMP/upstream.log"
 }
 
+# Starts a private nginx under $TMP/nginx (its own config, pid file, logs and temp paths; a system
+# nginx, if any, is left alone), in the foreground (daemon off) so NGINX_PID is its master, and
+# waits until it listens on $HOST:$4. $1: worker_processes, $2: worker_connections, $3: what goes
+# into `http { }` besides the temp paths (upstreams, servers). $TMP must be searchable by the
+# workers' unprivileged user.
+start_private_nginx() {
+    local workers=$1 connections=$2 http=$3 port=$4
+    mkdir -p "$TMP/nginx"
+    cat >"$TMP/nginx/nginx.conf" <<EOF
+worker_processes $workers;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log warn;
+events { worker_connections $connections; }
+http {
+    access_log off;
+    client_body_temp_path $TMP/nginx/client_body;
+    proxy_temp_path $TMP/nginx/proxy;
+    fastcgi_temp_path $TMP/nginx/fastcgi;
+    uwsgi_temp_path $TMP/nginx/uwsgi;
+    scgi_temp_path $TMP/nginx/scgi;
+$http
+}
+EOF
+    nginx -e "$TMP/nginx/error.log" -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -g 'daemon off;' \
+        >"$TMP/nginx/stdout.log" 2>&1 &
+    NGINX_PID=$!
+    wait_for_port "$port" "$NGINX_PID" 10 nginx "$TMP/nginx/error.log"
+}
+
 # The wrk script of every load run: POST of a small n8n-trigger-like JSON body.
 write_wrk_script() {
     cat >"$TMP/post.lua" <<'EOF'

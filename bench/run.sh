@@ -198,24 +198,10 @@ prepare_database() {
     "$PSQL" -X -q -v ON_ERROR_STOP=1 "$PROXY_DB_URL" -c "CREATE TABLE bench_commit(v int)" >/dev/null
 }
 
-# Our own nginx with its own config, pid file, logs and temp paths under
-# $TMP, in the foreground (daemon off) so $! is its master process. A system
-# nginx, if any, is left alone.
+# nginx as a plain reverse proxy with keep-alive to the upstream (start_private_nginx).
 start_nginx() {
     ensure_port_free "$NGINX_PORT" "set BENCH_PORT_BASE to a free range"
-    mkdir -p "$TMP/nginx"
-    cat >"$TMP/nginx/nginx.conf" <<EOF
-worker_processes $NGINX_WORKERS;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $TMP/nginx/client_body;
-    proxy_temp_path $TMP/nginx/proxy;
-    fastcgi_temp_path $TMP/nginx/fastcgi;
-    uwsgi_temp_path $TMP/nginx/uwsgi;
-    scgi_temp_path $TMP/nginx/scgi;
+    start_private_nginx "$NGINX_WORKERS" 4096 "
     upstream bench_upstream {
         server $HOST:$UPSTREAM_PORT;
         keepalive 64;
@@ -225,15 +211,9 @@ http {
         location / {
             proxy_pass http://bench_upstream;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            proxy_set_header Connection \"\";
         }
-    }
-}
-EOF
-    nginx -e "$TMP/nginx/error.log" -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -g 'daemon off;' \
-        >"$TMP/nginx/stdout.log" 2>&1 &
-    NGINX_PID=$!
-    wait_for_port "$NGINX_PORT" "$NGINX_PID" 10 nginx "$TMP/nginx/error.log"
+    }" "$NGINX_PORT"
 }
 
 # Starts trace-proxy binary $1 as target $2 on port $3, recording into database URL $4 ($5: more

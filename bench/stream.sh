@@ -72,25 +72,13 @@ done
 UPSTREAM_PID=$!
 wait_for_port "$UPSTREAM_PORT" "$UPSTREAM_PID" 10 "stream upstream" "$TMP/upstream.log"
 
-mkdir -p "$TMP/nginx"
-cat >"$TMP/nginx/nginx.conf" <<EOF
-worker_processes auto;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/error.log warn;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    client_body_temp_path $TMP/nginx/client_body;
-    proxy_temp_path $TMP/nginx/proxy;
-    fastcgi_temp_path $TMP/nginx/fastcgi;
-    uwsgi_temp_path $TMP/nginx/uwsgi;
-    scgi_temp_path $TMP/nginx/scgi;
+start_private_nginx auto 8192 "
     server {
         listen $HOST:$NGINX_PORT;
         location / {
             proxy_pass http://$HOST:$UPSTREAM_PORT;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            proxy_set_header Connection \"\";
             proxy_buffering off;
         }
     }
@@ -99,15 +87,9 @@ http {
         location / {
             proxy_pass http://$HOST:$UPSTREAM_PORT;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            proxy_set_header Connection \"\";
         }
-    }
-}
-EOF
-nginx -e "$TMP/nginx/error.log" -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -g 'daemon off;' \
-    >"$TMP/nginx/stdout.log" 2>&1 &
-NGINX_PID=$!
-wait_for_port "$NGINX_PORT" "$NGINX_PID" 10 nginx "$TMP/nginx/error.log"
+    }" "$NGINX_PORT"
 
 start_bench_proxy "http://$HOST:$UPSTREAM_PORT" "max_connections = 100000"
 

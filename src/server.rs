@@ -217,7 +217,8 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let builder = builder(limits);
+    // One builder, shared by every connection's task.
+    let builder = Arc::new(builder(limits));
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut conns = JoinSet::new();
@@ -248,7 +249,7 @@ where
         let (first_byte, send_timeout) = (limits.header_read_timeout, limits.send_timeout);
         let handler = handler.clone();
         let idle_timeout = limits.idle_timeout;
-        let builder = builder.clone();
+        let builder = Arc::clone(&builder);
         let watcher = graceful.watcher();
         let stop = stop.clone();
         let name = limits.name;

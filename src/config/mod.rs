@@ -42,8 +42,7 @@ pub use raw::RawConfig;
 pub use recovery::RecoveryConfig;
 pub use retention::RetentionConfig;
 pub use routes::Route;
-pub use server::default_state_dir;
-pub use server::ServerConfig;
+pub use server::{default_state_dir, ServerConfig};
 pub use spool::{SpoolConfig, SpoolFull};
 pub use upstream::{TlsRoots, UpstreamConfig};
 
@@ -184,9 +183,8 @@ impl Config {
     }
 }
 
-/// Checks every section (each pushes all of its problems), then assembles the typed config.
-/// The state directory's default for who runs this, and the spool directory's default in it, so
-/// the effective configuration shows where they are.
+/// The state directory's default for who runs this, and the spool directory's default in it
+/// (the one place either is defaulted), so the effective configuration shows where they are.
 fn fill_state_dir(raw: &mut RawConfig, var: &dyn Fn(&str) -> Option<String>) {
     if raw.server.state_dir.is_empty() {
         raw.server.state_dir = default_state_dir(var);
@@ -196,6 +194,7 @@ fn fill_state_dir(raw: &mut RawConfig, var: &dyn Fn(&str) -> Option<String>) {
     }
 }
 
+/// Checks every section (each pushes all of its problems), then assembles the typed config.
 fn check(
     raw: RawConfig,
     environment: Option<String>,
@@ -213,7 +212,7 @@ fn check(
     let sanitize = sanitize::check(&raw.sanitize, p);
     let retention = retention::check(&raw.retention, p);
     let recovery = recovery::check(&raw.recovery, p);
-    let spool = spool::check(&raw.spool, state_dir, p);
+    let spool = spool::check(&raw.spool, p);
     let admin = admin::check(&raw.admin, p);
     let n8n = n8n::check(&raw.n8n, p);
     let routes = routes::check(&raw.routes, sanitize.as_ref(), p);

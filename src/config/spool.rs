@@ -1,6 +1,6 @@
 //! `[spool]`: the durable journal used while PostgreSQL is unavailable (`crate::spool`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -13,7 +13,7 @@ const MIN_MAX_BYTES: u64 = 1024 * 1024;
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct RawSpool {
-    /// "" = `spool` in `server.state_dir`.
+    /// "" = `spool` in `server.state_dir` (filled in when the configuration is read).
     pub dir: String,
     pub max_bytes: u64,
     pub spool_full: SpoolFull,
@@ -67,12 +67,12 @@ impl SpoolConfig {
     }
 }
 
-/// Checks `[spool]`, pushing every problem; `state_dir` is `server.state_dir`.
-pub(super) fn check(raw: &RawSpool, state_dir: &Path, p: &mut Problems) -> Option<SpoolConfig> {
-    let dir = match raw.dir.trim() {
-        "" => state_dir.join("spool"),
-        dir => PathBuf::from(dir),
-    };
+/// Checks `[spool]`, pushing every problem. Its `dir` is filled in before (`fill_state_dir`).
+pub(super) fn check(raw: &RawSpool, p: &mut Problems) -> Option<SpoolConfig> {
+    let dir = PathBuf::from(raw.dir.trim());
+    if dir.as_os_str().is_empty() {
+        p.at("spool.dir", "must not be empty");
+    }
     if raw.max_bytes < MIN_MAX_BYTES {
         p.at(
             "spool.max_bytes",
@@ -100,7 +100,11 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_every_problem_is_reported() {
         let mut p = Problems::default();
-        let c = check(&RawSpool::default(), Path::new("/srv/state"), &mut p);
+        let raw = RawSpool {
+            dir: "/srv/state/spool".into(),
+            ..RawSpool::default()
+        };
+        let c = check(&raw, &mut p);
         let c = p.finish(c).expect("defaults are valid");
         assert_eq!(c.dir, PathBuf::from("/srv/state/spool"));
         assert_eq!(c.max_bytes, 1 << 30);

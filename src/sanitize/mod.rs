@@ -16,17 +16,17 @@
 mod body;
 mod decode;
 mod lenient;
+mod multipart;
+mod redact;
+pub mod rules;
+mod target;
+mod truncate;
 
 /// The lenient JSON prefix parser, for the fuzz targets.
 #[cfg(fuzzing)]
 pub fn lenient_prefix(text: &str) -> Option<Value> {
     lenient::parse_prefix(text)
 }
-mod multipart;
-mod redact;
-pub mod rules;
-mod target;
-mod truncate;
 
 #[cfg(test)]
 mod proptests;

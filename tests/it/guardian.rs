@@ -209,25 +209,18 @@ async fn head_recording_upstream() -> (SocketAddr, Heads) {
     (addr, heads)
 }
 
-/// Sends one case and reads until the proxy closes; the status code it answered, if any.
-async fn send_case(proxy: SocketAddr, raw: Vec<u8>) -> Result<Option<u16>, String> {
+/// Sends one case and reads until the proxy closes (a reset counts as a close); an error when
+/// the proxy neither answers nor closes.
+async fn send_case(proxy: SocketAddr, raw: Vec<u8>) -> Result<(), String> {
     let mut conn = tokio::net::TcpStream::connect(proxy)
         .await
         .map_err(|e| e.to_string())?;
     conn.write_all(&raw).await.map_err(|e| e.to_string())?;
     let mut answer = Vec::new();
-    match tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer)).await {
-        Err(_) => return Err("no answer and no close within 10 s".to_owned()),
-        Ok(Err(e)) if answer.is_empty() => {
-            // A reset after the proxy refused the head counts as a close.
-            let _ = e;
-        }
-        Ok(_) => {}
-    }
-    Ok(answer
-        .strip_prefix(b"HTTP/1.1 ")
-        .and_then(|rest| std::str::from_utf8(rest.get(..3)?).ok())
-        .and_then(|code| code.parse().ok()))
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer))
+        .await
+        .map(drop)
+        .map_err(|_| "no answer and no close within 10 s".to_owned())
 }
 
 fn case_of(head: &[u8]) -> Option<usize> {
@@ -317,6 +310,14 @@ async fn the_desync_guardian_corpus_reaches_the_upstream_only_unambiguous() {
         cases.len() - forwarded.len()
     );
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+    // A proxy (or a harness) that refused everything would pass the checks above: most of the
+    // corpus's compliant and acceptable requests must reach the upstream (41 do).
+    assert!(
+        forwarded.len() >= 30,
+        "only {} of {} cases reached the upstream",
+        forwarded.len(),
+        cases.len()
+    );
 
     // Every forwarded request has its final row: nothing is left pending or in progress.
     let open = db

@@ -255,7 +255,6 @@ impl Spool {
         self.shared.engaged.load(Ordering::Relaxed)
     }
 
-    /// Records waiting for replay.
     /// The database the journal is bound to, if any.
     pub fn bound_database(&self) -> io::Result<Option<Uuid>> {
         match fs::read_to_string(self.shared.dir.join(DATABASE_FILE)) {
@@ -278,6 +277,7 @@ impl Spool {
         &self.shared.dir
     }
 
+    /// Records waiting for replay.
     pub fn records(&self) -> u64 {
         self.shared.metrics.spool_records.get()
     }

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs trace-proxy from this checkout, on this machine, with nothing else set up:
-#   1. the PostgreSQL server binaries the managed database needs are installed from the
-#      distribution when missing (Debian/Ubuntu, as root; otherwise it says what to install);
-#   2. the release binary is built;
+#   1. the release binary is built;
+#   2. the PostgreSQL server binaries the managed database needs are installed from the
+#      distribution when missing and the effective configuration has no database.url
+#      (Debian/Ubuntu, as root; otherwise it says what to install);
 #   3. the query API and Memory Explorer get a token (made once, kept in the state directory)
 #      unless TRACE_PROXY_ADMIN_TOKEN is set;
 #   4. it prints where the proxy listens, where the explorer is and a request to try, then runs
@@ -22,25 +23,6 @@ server_binaries() {
         { command -v pg_config >/dev/null 2>&1 && [ -x "$(pg_config --bindir)/initdb" ]; }
 }
 
-wants_managed() {
-    [ -z "${TRACE_PROXY_DATABASE_URL:-}" ] &&
-        ! grep -Eq '^[[:space:]]*url[[:space:]]*=[[:space:]]*"[^"]+' "$config"
-}
-
-if wants_managed && ! server_binaries; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        say "installing the PostgreSQL server binaries from the distribution (no cluster of its own)"
-        mkdir -p /etc/postgresql-common
-        [ -e /etc/postgresql-common/createcluster.conf ] ||
-            echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.conf
-        DEBIAN_FRONTEND=noninteractive apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
-    else
-        say "the managed database needs the PostgreSQL server: sudo apt-get install postgresql (Debian, Ubuntu), sudo dnf install postgresql-server (Fedora), brew install postgresql@17 (macOS) — or set TRACE_PROXY_DATABASE_URL"
-        exit 1
-    fi
-fi
-
 say "building (cargo build --release)"
 (cd "$repo" && cargo build --release --quiet --bin trace-proxy)
 bin=$(cd "$repo" && cargo metadata --format-version 1 --no-deps |
@@ -56,6 +38,21 @@ setting() { # $1 = table, $2 = key
         /^\[/ { in_t = ($0 == t) }
         in_t && $1 == k { sub(/^[^=]*= *"?/, ""); sub(/"$/, ""); print; exit }' <<<"$effective"
 }
+# The managed database (no database.url in the effective configuration) needs the server.
+if [ -z "$(setting database url)" ] && ! server_binaries; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        say "installing the PostgreSQL server binaries from the distribution (no cluster of its own)"
+        mkdir -p /etc/postgresql-common
+        [ -e /etc/postgresql-common/createcluster.conf ] ||
+            echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.conf
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+    else
+        say "the managed database needs the PostgreSQL server: sudo apt-get install postgresql (Debian, Ubuntu), sudo dnf install postgresql-server (Fedora), brew install postgresql@17 (macOS) — or set TRACE_PROXY_DATABASE_URL"
+        exit 1
+    fi
+fi
+
 state_dir=$(setting server state_dir)
 listen=$(setting server listen)
 admin=$(setting admin listen)

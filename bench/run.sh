@@ -9,8 +9,14 @@
 #   BENCH_TARGETS       targets to load, in order   (direct nginx trace-proxy spooled)
 #                       spooled: this build with PostgreSQL unreachable (a closed
 #                       port), so every row goes to the spool journal
+#                       replicas: three processes of this build on one database of their
+#                       own (trace_proxy_bench_replicas); wrk -t3 sends each thread's
+#                       connections to one replica, and every thread sends the same
+#                       sequence of X-Trace-Id values, so each trace gets an attempt through
+#                       every replica, the three close together (throughput run only; the
+#                       report checks attempt numbering per trace)
 #   BENCH_PORT_BASE     trace-proxy port; upstream = +1, nginx = +2, baseline = +3,
-#                       spooled = +4   (18080)
+#                       spooled = +4, replicas = +5..+7   (18080)
 #   BENCH_DATABASE_URL  admin database URL    (postgres://postgres@127.0.0.1:5432/postgres)
 #   BENCH_PATH          request path                              (/webhook/bench)
 #   CONNS               connections of the throughput run         (32)
@@ -19,7 +25,12 @@
 #   NGINX_WORKERS       nginx worker_processes                    (auto)
 #   FLOOR_BATCH         rows per statement of the PostgreSQL floor (see below)   (16)
 #   PROXY_DATABASE      more [database] settings for the trace-proxy target, e.g.
-#                       "writer_tasks = 4" (the server settings a deployment tunes)
+#                       "writer_tasks = 4"
+#   PROXY_PG_SETTINGS   PostgreSQL settings for the trace-proxy target's database only, as
+#                       name=value words, e.g. "commit_delay=100 commit_siblings=1" (applied
+#                       with ALTER DATABASE, so only settings a session may take: with
+#                       BASELINE_BIN set to this same build, the two run side by side with
+#                       and without them)
 #   BASELINE_BIN        another trace-proxy binary (e.g. an earlier build) to
 #                       measure side by side as target "baseline", on port
 #                       BENCH_PORT_BASE + 3, recording into a database of its own
@@ -72,6 +83,7 @@ UPSTREAM_PORT=$((BENCH_PORT_BASE + 1))
 NGINX_PORT=$((BENCH_PORT_BASE + 2))
 BASELINE_PORT=$((BENCH_PORT_BASE + 3))
 SPOOLED_PORT=$((BENCH_PORT_BASE + 4))
+REPLICA_PORTS=("$((BENCH_PORT_BASE + 5))" "$((BENCH_PORT_BASE + 6))" "$((BENCH_PORT_BASE + 7))")
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
@@ -85,6 +97,7 @@ NGINX_PID=""
 PROXY_PID=""
 BASELINE_PID=""
 SPOOLED_PID=""
+REPLICA_PIDS=()
 STARTED_PID=""
 TMP=""
 
@@ -97,10 +110,10 @@ cleanup() {
     local pid
     # Only ever the PIDs we recorded ourselves: other nginx or postgres
     # instances on this machine are none of our business.
-    for pid in $SPOOLED_PID $BASELINE_PID $PROXY_PID $NGINX_PID $UPSTREAM_PID; do
+    for pid in "${REPLICA_PIDS[@]}" $SPOOLED_PID $BASELINE_PID $PROXY_PID $NGINX_PID $UPSTREAM_PID; do
         kill "$pid" 2>/dev/null || true
     done
-    for pid in $SPOOLED_PID $BASELINE_PID $PROXY_PID $NGINX_PID $UPSTREAM_PID; do
+    for pid in "${REPLICA_PIDS[@]}" $SPOOLED_PID $BASELINE_PID $PROXY_PID $NGINX_PID $UPSTREAM_PID; do
         wait "$pid" 2>/dev/null || true
     done
     if [[ -n $TMP && -d $TMP ]]; then
@@ -120,19 +133,26 @@ validate_settings() {
     local t
     for t in $BENCH_TARGETS; do
         case $t in
-        direct | nginx | trace-proxy | baseline | spooled) ;;
-        *) die "unknown target '$t' in BENCH_TARGETS (known: direct nginx trace-proxy spooled)" ;;
+        direct | nginx | trace-proxy | baseline | spooled | replicas) ;;
+        *) die "unknown target '$t' in BENCH_TARGETS (known: direct nginx trace-proxy spooled replicas)" ;;
         esac
     done
-    int_at_least CONNS 2 # wrk -t2 needs at least 2 connections
+    int_at_least CONNS 3 # wrk -t2 (and -t3 for the replicas) needs as many connections
     int_at_least DURATION 1
     int_at_least WARMUP 1
     int_at_least FLOOR_BATCH 1
     int_at_least BENCH_PORT_BASE 1
-    ((BENCH_PORT_BASE < 65531)) || die "BENCH_PORT_BASE must leave room for four more ports"
+    ((BENCH_PORT_BASE < 65528)) || die "BENCH_PORT_BASE must leave room for seven more ports"
     if [[ -n $BASELINE_BIN ]]; then
         [[ -x $BASELINE_BIN ]] || die "BASELINE_BIN '$BASELINE_BIN' is not an executable"
         has_target trace-proxy || die "BASELINE_BIN needs the trace-proxy target (it migrates the database)"
+    fi
+    if [[ -n ${PROXY_PG_SETTINGS:-} ]]; then
+        has_target trace-proxy || die "PROXY_PG_SETTINGS needs the trace-proxy target"
+        local kv
+        for kv in $PROXY_PG_SETTINGS; do
+            [[ $kv =~ ^[a-z_]+=[A-Za-z0-9_.]+$ ]] || die "PROXY_PG_SETTINGS: '$kv' is not name=value"
+        done
     fi
     require_loopback_database_url
 }
@@ -165,7 +185,8 @@ build() {
     local args=(--example bench_upstream)
     # Only build the proxy when we are going to load it, so the other
     # targets can be measured while the proxy does not compile.
-    { has_target trace-proxy || has_target spooled; } && args=(--bin trace-proxy "${args[@]}")
+    { has_target trace-proxy || has_target spooled || has_target replicas; } &&
+        args=(--bin trace-proxy "${args[@]}")
     log "cargo build --release ${args[*]}"
     (cd "$REPO" && cargo build --release "${args[@]}") && return
     has_target trace-proxy && die "cargo build failed"
@@ -190,10 +211,19 @@ prepare_database() {
         -c "SET client_min_messages = warning" \
         -c "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)" \
         -c "DROP DATABASE IF EXISTS ${BENCH_DB}_baseline WITH (FORCE)" \
+        -c "DROP DATABASE IF EXISTS ${BENCH_DB}_replicas WITH (FORCE)" \
         -c "CREATE DATABASE $BENCH_DB" >/dev/null
     if [[ -n $BASELINE_BIN ]]; then
         "$PSQL" -X -q -v ON_ERROR_STOP=1 "$BENCH_DATABASE_URL" -c "CREATE DATABASE ${BENCH_DB}_baseline" >/dev/null
     fi
+    if has_target replicas; then
+        "$PSQL" -X -q -v ON_ERROR_STOP=1 "$BENCH_DATABASE_URL" -c "CREATE DATABASE ${BENCH_DB}_replicas" >/dev/null
+    fi
+    local kv
+    for kv in ${PROXY_PG_SETTINGS:-}; do
+        "$PSQL" -X -q -v ON_ERROR_STOP=1 "$BENCH_DATABASE_URL" \
+            -c "ALTER DATABASE $BENCH_DB SET ${kv%%=*} = '${kv#*=}'" >/dev/null
+    done
     # Table for the one-commit measurement; the proxy creates its own tables.
     "$PSQL" -X -q -v ON_ERROR_STOP=1 "$PROXY_DB_URL" -c "CREATE TABLE bench_commit(v int)" >/dev/null
 }
@@ -268,6 +298,44 @@ start_spooled() {
     SPOOLED_PID=$STARTED_PID
 }
 
+# Three processes of this build on one database; the first migrates it before the others start.
+start_replicas() {
+    local i
+    for i in 0 1 2; do
+        start_one_proxy "$TARGET_DIR/release/trace-proxy" "replica$((i + 1))" "${REPLICA_PORTS[$i]}" \
+            "$REPLICAS_DB_URL"
+        REPLICA_PIDS+=("$STARTED_PID")
+    done
+}
+
+# The replicas' wrk script: the POST of write_wrk_script, thread i sending to replica i, and
+# every thread sending the same sequence of trace ids (a prefix made once per wrk run, then a
+# counter), so each trace gets one attempt through each replica, close together.
+write_replicas_script() {
+    cat >"$TMP/replicas.lua" <<EOF
+wrk.method = "POST"
+wrk.body = '{"workflow":"bench","n":1}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-Workflow-Id"] = "bench"
+wrk.headers["X-User-Id"] = "bench-user"
+local ports = { "${REPLICA_PORTS[0]}", "${REPLICA_PORTS[1]}", "${REPLICA_PORTS[2]}" }
+local threads = 0
+-- Made in the main state and handed to every thread (each thread runs this file too).
+local run_id = string.format("%d-%d", os.time(), math.floor(os.clock() * 1e6))
+function setup(thread)
+    threads = threads + 1
+    thread.addr = wrk.lookup("$HOST", ports[(threads - 1) % #ports + 1])[1]
+    thread:set("trace_run", run_id)
+end
+local n = 0
+function request()
+    n = n + 1
+    wrk.headers["X-Trace-Id"] = "bench-" .. trace_run .. "-" .. n
+    return wrk.format()
+end
+EOF
+}
+
 # ---------------------------------------------------------------- measuring
 
 target_port() {
@@ -277,6 +345,7 @@ target_port() {
     trace-proxy) echo "$PROXY_PORT" ;;
     baseline) echo "$BASELINE_PORT" ;;
     spooled) echo "$SPOOLED_PORT" ;;
+    replicas) echo "${REPLICA_PORTS[0]}" ;; # the wrk script gives each thread its replica
     esac
 }
 
@@ -292,6 +361,7 @@ target_pid() {
     trace-proxy) echo "$PROXY_PID" ;;
     baseline) echo "$BASELINE_PID" ;;
     spooled) echo "$SPOOLED_PID" ;;
+    replicas) echo "${REPLICA_PIDS[*]}" ;;
     nginx) echo "$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')" ;;
     esac
 }
@@ -313,10 +383,15 @@ machine_jiffies() {
 
 wal_lsn() { "$PSQL" -X -A -t -q "$BENCH_DATABASE_URL" -c "SELECT pg_current_wal_lsn()"; }
 
-# One wrk invocation; the output goes to the file $1.
+# The wrk script for target $1.
+wrk_script() {
+    if [[ $1 == replicas ]]; then echo "$TMP/replicas.lua"; else echo "$TMP/post.lua"; fi
+}
+
+# One wrk invocation of target $6; the output goes to the file $1.
 run_wrk() {
-    local out=$1 threads=$2 conns=$3 secs=$4 url=$5
-    wrk -t"$threads" -c"$conns" -d"${secs}s" --latency -s "$TMP/post.lua" "$url" >"$out" 2>&1 ||
+    local out=$1 threads=$2 conns=$3 secs=$4 url=$5 target=$6
+    wrk -t"$threads" -c"$conns" -d"${secs}s" --latency -s "$(wrk_script "$target")" "$url" >"$out" 2>&1 ||
         {
             cat "$out" >&2
             die "wrk failed against $url"
@@ -331,7 +406,7 @@ measure() {
     local warm="$TMP/wrk-$target-$mode-warmup.txt" out="$TMP/wrk-$target-$mode.txt"
 
     log "$target: warm-up ${WARMUP}s, then ${DURATION}s with $conns connection(s)"
-    run_wrk "$warm" "$threads" "$conns" "$WARMUP" "$url"
+    run_wrk "$warm" "$threads" "$conns" "$WARMUP" "$url" "$target"
     # The proxy's own CPU per request is steadier than throughput, which the database's
     # background work (checkpoints, autovacuum) moves from run to run.
     local pids before="" pg_pids pg_before up_before wal_before busy_before total_before
@@ -345,7 +420,7 @@ measure() {
     wal_before=$(wal_lsn)
     read -r busy_before total_before < <(machine_jiffies)
     /usr/bin/time -f '%U %S' -o "$TMP/wrk-time.txt" \
-        wrk -t"$threads" -c"$conns" -d"${DURATION}s" --latency -s "$TMP/post.lua" "$url" >"$out" 2>&1 ||
+        wrk -t"$threads" -c"$conns" -d"${DURATION}s" --latency -s "$(wrk_script "$target")" "$url" >"$out" 2>&1 ||
         {
             cat "$out" >&2
             die "wrk failed against $url"
@@ -376,7 +451,7 @@ measure() {
         /Socket errors:/ { gsub(/,/, ""); n += $4 + $6 + $8 + $10 }
         END { print n + 0 }' "$out")
 
-    if [[ $target == trace-proxy || $target == baseline ]]; then
+    if [[ $target == trace-proxy || $target == baseline || $target == replicas ]]; then
         PROXY_REQUESTS_SENT=$((PROXY_REQUESTS_SENT + $(wrk_requests "$warm") + $(wrk_requests "$out")))
     fi
 }
@@ -415,7 +490,11 @@ SQL
 # (yet).
 count_rows() {
     local url n sum=0
-    for url in "$PROXY_DB_URL" ${BASELINE_BIN:+"$BASELINE_DB_URL"}; do
+    local urls=()
+    has_target trace-proxy && urls+=("$PROXY_DB_URL")
+    [[ -n $BASELINE_BIN ]] && urls+=("$BASELINE_DB_URL")
+    has_target replicas && urls+=("$REPLICAS_DB_URL")
+    for url in "${urls[@]}"; do
         n=$("$PSQL" -X -A -t -q "$url" -c "$1" 2>/dev/null) || n=""
         [[ $n =~ ^[0-9]+$ ]] || {
             echo n/a
@@ -541,6 +620,10 @@ print_comparisons() {
     else
         echo "trace-proxy p50 - direct p50 (1 conn): n/a (needs both targets)"
     fi
+    if [[ -n ${RPS[replicas/tput]:-} && -n ${RPS[trace-proxy/tput]:-} ]]; then
+        awk -v r="${RPS[replicas/tput]}" -v p="${RPS[trace-proxy/tput]}" -v c="$CONNS" \
+            'BEGIN { printf "replicas / trace-proxy rps (%s conns): %.3f\n", c, (p > 0 ? r / p : 0) }'
+    fi
     if [[ -n ${RPS[spooled/tput]:-} && -n ${RPS[nginx/tput]:-} ]]; then
         awk -v p="${RPS[spooled/tput]}" -v n="${RPS[nginx/tput]}" -v c="$CONNS" \
             'BEGIN { printf "spooled / nginx rps (%s conns): %.3f\n", c, (n > 0 ? p / n : 0) }'
@@ -556,8 +639,8 @@ print_comparisons() {
 }
 
 print_rows() {
-    if ! has_target trace-proxy; then
-        echo "requests sent / rows written: n/a (trace-proxy not in BENCH_TARGETS)"
+    if ! has_target trace-proxy && ! has_target replicas; then
+        echo "requests sent / rows written: n/a (neither trace-proxy nor replicas in BENCH_TARGETS)"
         return
     fi
     log "waiting up to 10 s for the trace rows to settle"
@@ -566,6 +649,29 @@ print_rows() {
         "$PROXY_REQUESTS_SENT" "$CONNS"
     printf 'rows written:   %s\n' "$ROWS_WRITTEN"
     printf 'rows final:     %s   (overall_status success/failed)\n' "$ROWS_FINAL"
+    has_target replicas && print_replica_numbering
+    return 0
+}
+
+# How the replicas numbered the attempts of the traces they shared: per trace, the attempt
+# numbers must be 1..n, each once, whichever replica took which.
+print_replica_numbering() {
+    "$PSQL" -X -A -t -q -F ' ' "$REPLICAS_DB_URL" -c "
+        WITH per AS (
+            SELECT trace_id, count(*) AS n, max(attempt_number) AS top,
+                   count(DISTINCT attempt_number) AS distinct_n,
+                   count(DISTINCT proxy_instance) AS replicas
+            FROM communication_traces GROUP BY trace_id)
+        SELECT count(*), sum(n), count(*) FILTER (WHERE n = 3), count(*) FILTER (WHERE replicas = 3),
+               count(*) FILTER (WHERE top <> n OR distinct_n <> n),
+               (SELECT count(*) FROM communication_traces WHERE overall_status = 'pending')
+        FROM per" | {
+        read -r traces rows three spread bad pending
+        printf 'replicas:       %s rows in %s traces; %s traces with 3 attempts, %s answered by all 3 replicas\n' \
+            "$rows" "$traces" "$three" "$spread"
+        printf 'replicas:       traces whose attempt numbers are not 1..n each once: %s; rows left pending: %s\n' \
+            "$bad" "$pending"
+    }
 }
 
 # ---------------------------------------------------------------- main
@@ -574,6 +680,7 @@ main() {
     validate_settings
     PROXY_DB_URL=$(bench_database_url)
     BASELINE_DB_URL=$(BENCH_DB=${BENCH_DB}_baseline bench_database_url)
+    REPLICAS_DB_URL=$(BENCH_DB=${BENCH_DB}_replicas bench_database_url)
     COMMIT_MS=n/a
     D1_COMMIT_MS=n/a
     TMP=$(mktemp -d /tmp/trace-proxy-bench.XXXXXX)
@@ -587,6 +694,7 @@ main() {
     build
     prepare_database
     write_wrk_script
+    has_target replicas && write_replicas_script
 
     echo "machine: $(nproc) cores; wrk $(wrk -v 2>&1 | awk 'NR == 1 { print $2 }'); targets: $BENCH_TARGETS"
     echo "runs: warm-up ${WARMUP}s + ${DURATION}s each; throughput -t2 -c$CONNS, single -t1 -c1; POST $BENCH_PATH"
@@ -596,12 +704,18 @@ main() {
     has_target nginx && start_nginx
     has_target trace-proxy && start_proxy
     has_target spooled && start_spooled
+    has_target replicas && start_replicas
 
     # The commit cost is measured while nothing else is loading the machine.
     measure_commit
 
     local t
     for t in $BENCH_TARGETS; do
+        if [[ $t == replicas ]]; then
+            # One wrk thread per replica; one connection cannot spread over three.
+            measure "$t" tput 3 "$CONNS"
+            continue
+        fi
         measure "$t" tput 2 "$CONNS"
         measure "$t" c1 1 1
     done

@@ -83,7 +83,10 @@ pin_project! {
         captured: Captured,
         sink: Option<E>,
         idle_timeout: Option<Duration>,
+        // Armed for the first frame's deadline and moved on only when it fires: a frame just
+        // notes its time, so a stream of small frames does no timer work per frame.
         idle: Option<Pin<Box<Sleep>>>,
+        last_frame: Instant,
     }
 
     impl<B: Body, E: OnEnd> PinnedDrop for TeeBody<B, E> {
@@ -106,8 +109,28 @@ impl<B: Body, E: OnEnd> TeeBody<B, E> {
             sink: Some(sink),
             idle_timeout,
             idle: idle_timeout.map(|d| Box::pin(tokio::time::sleep(d))),
+            last_frame: Instant::now(),
         }
     }
+}
+
+/// Polls the idle timer; true when `timeout` has passed since `last_frame`. When the timer
+/// fires early (frames came since it was armed), it is moved to `last_frame + timeout` and
+/// polled again, so the task is woken then.
+fn idle_expired(
+    idle: &mut Pin<Box<Sleep>>,
+    last_frame: Instant,
+    timeout: Duration,
+    cx: &mut Context<'_>,
+) -> bool {
+    while idle.as_mut().poll(cx).is_ready() {
+        let due = last_frame + timeout;
+        if due <= idle.deadline() {
+            return true;
+        }
+        idle.as_mut().reset(due);
+    }
+    false
 }
 
 impl<B, E> Body for TeeBody<B, E>
@@ -134,8 +157,8 @@ where
                 if let Some(data) = frame.data_ref() {
                     this.captured.observe(data);
                 }
-                if let (Some(d), Some(idle)) = (this.idle_timeout, this.idle.as_mut()) {
-                    idle.as_mut().reset(Instant::now() + *d);
+                if this.idle.is_some() {
+                    *this.last_frame = Instant::now();
                 }
                 if this.inner.is_end_stream() {
                     finish(this.sink, this.captured, BodyEnd::Complete);
@@ -152,8 +175,8 @@ where
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                if let Some(idle) = this.idle.as_mut() {
-                    if idle.as_mut().poll(cx).is_ready() {
+                if let (Some(d), Some(idle)) = (this.idle_timeout, this.idle.as_mut()) {
+                    if idle_expired(idle, *this.last_frame, *d, cx) {
                         finish(this.sink, this.captured, BodyEnd::IdleTimeout);
                         return Poll::Ready(Some(Err("upstream body idle timeout".into())));
                     }
@@ -475,6 +498,40 @@ mod tests {
         let rec = Record::default();
         drop(TeeBody::new(Full::new(Bytes::new()), 8, None, rec.clone()));
         assert_eq!(rec.0.lock().expect("lock")[0].0, BodyEnd::Complete);
+    }
+
+    /// A body whose frames come at the given delays (ms after the one before), then ends.
+    fn paced(delays: &'static [u64]) -> impl Body<Data = Bytes, Error = BoxError> {
+        let frames = futures_util::stream::unfold(0usize, move |i| async move {
+            let delay = *delays.get(i)?;
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            Some((
+                Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"x"))),
+                i + 1,
+            ))
+        });
+        StreamBody::new(frames)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeout_counts_from_the_last_frame_not_the_first() {
+        let timeout = Some(Duration::from_millis(100));
+        // Ten frames 60 ms apart: 600 ms in all, never 100 ms without a frame.
+        let rec = Record::default();
+        let steady = TeeBody::new(paced(&[60; 10]), 64, timeout, rec.clone());
+        let out = steady.collect().await.expect("no idle timeout").to_bytes();
+        assert_eq!(out.len(), 10);
+        assert_eq!(rec.0.lock().expect("lock")[0].0, BodyEnd::Complete);
+
+        // Three frames 60 ms apart, then a 150 ms gap: the timeout trips 100 ms after the third
+        // frame (at 280 ms), not 100 ms after the start or the first frame.
+        let rec = Record::default();
+        let start = Instant::now();
+        let stalled = TeeBody::new(paced(&[60, 60, 60, 150]), 64, timeout, rec.clone());
+        assert!(stalled.collect().await.is_err());
+        assert_eq!(start.elapsed(), Duration::from_millis(280));
+        let got = rec.0.lock().expect("lock").clone();
+        assert_eq!(got, vec![(BodyEnd::IdleTimeout, b"xxx".to_vec(), 3)]);
     }
 
     #[tokio::test]

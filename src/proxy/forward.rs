@@ -135,6 +135,15 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// A `Content-Length` sent together with `Transfer-Encoding` is stale (RFC 9112 §6.3: the
 /// transfer coding frames the message) and goes too, so the next hop frames the body anew.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the few names present costs less than a hashed
+    // removal per hop-by-hop name. (`Connection` is one of them, so the names it lists, and
+    // `Transfer-Encoding`, so a stale `Content-Length`, are handled below when present.)
+    if !headers
+        .keys()
+        .any(|k| *k == header::UPGRADE || HOP_BY_HOP.contains(k))
+    {
+        return;
+    }
     if headers.contains_key(header::TRANSFER_ENCODING) {
         headers.remove(header::CONTENT_LENGTH);
     }
@@ -441,5 +450,23 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-end-to-end"));
+    }
+
+    #[test]
+    fn strips_each_hop_by_hop_header_on_its_own_and_keeps_the_rest() {
+        for name in HOP_BY_HOP.iter().chain([&header::UPGRADE]) {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            h.insert(name.clone(), HeaderValue::from_static("x"));
+            strip_hop_by_hop(&mut h);
+            assert_eq!(h.len(), 1, "{name}: {h:?}");
+            assert!(h.contains_key(header::CONTENT_TYPE), "{name}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        h.insert("x-end-to-end", HeaderValue::from_static("kept"));
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
     }
 }

@@ -20,7 +20,9 @@
 #   STREAMS             concurrent streams of step 3                       (1000)
 #   STREAM_EVENTS       events per stream in step 3 (1 s apart)            (10)
 #   BENCH_PORT_BASE     upstream = base, trace-proxy = +1, admin = +2, nginx = +3 (streaming)
-#                       and +4 (buffering)                                  (28600)
+#                       and +4 (buffering), baseline = +5 (admin +6)       (28600)
+#   BASELINE_BIN        another trace-proxy binary (e.g. an earlier build), measured as target
+#                       "baseline" in every step, recording into a database of its own
 #   BENCH_DATABASE_URL  admin database URL    (postgres://postgres@127.0.0.1:5432/postgres)
 set -euo pipefail
 
@@ -36,6 +38,8 @@ STREAM_EVENTS=${STREAM_EVENTS:-10}
 BENCH_PORT_BASE=${BENCH_PORT_BASE:-28600}
 BENCH_DATABASE_URL=${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 BENCH_DB=trace_proxy_bench_stream
+BASELINE_BIN=${BASELINE_BIN:-}
+[[ -z $BASELINE_BIN || -x $BASELINE_BIN ]] || die "BASELINE_BIN '$BASELINE_BIN' is not an executable"
 for v in BIG_MB SSE_EVENTS SSE_INTERVAL_MS STREAMS STREAM_EVENTS; do int_at_least "$v" 1; done
 int_at_least BENCH_PORT_BASE 1024
 require_loopback_database_url
@@ -46,13 +50,19 @@ PROXY_PORT=$((BENCH_PORT_BASE + 1))
 ADMIN_PORT=$((BENCH_PORT_BASE + 2))
 NGINX_PORT=$((BENCH_PORT_BASE + 3))
 NGINX_BUF_PORT=$((BENCH_PORT_BASE + 4))
+BASELINE_PORT=$((BENCH_PORT_BASE + 5))
 
-PROXY_PID="" UPSTREAM_PID="" NGINX_PID=""
+PROXY_PID="" UPSTREAM_PID="" NGINX_PID="" BASELINE_PID=""
 TMP=$(mktemp -d)
 chmod 711 "$TMP" # nginx workers reach their temp paths below it
 PSQL=$(find_pg_tool psql)
 cleanup() {
-    for pid in $NGINX_PID $UPSTREAM_PID; do kill "$pid" 2>/dev/null || true; done
+    for pid in $BASELINE_PID $NGINX_PID $UPSTREAM_PID; do kill "$pid" 2>/dev/null || true; done
+    [[ -n $BASELINE_PID ]] && wait "$BASELINE_PID" 2>/dev/null
+    if [[ -n $BASELINE_BIN ]]; then
+        "$PSQL" -X -q "$BENCH_DATABASE_URL" -c "SET client_min_messages = warning" \
+            -c "DROP DATABASE IF EXISTS ${BENCH_DB}_baseline WITH (FORCE)" >/dev/null 2>&1 || true
+    fi
     stop_proxy_drop_db
 }
 trap cleanup EXIT
@@ -95,6 +105,20 @@ start_bench_proxy "http://$HOST:$UPSTREAM_PORT" "max_connections = 100000"
 
 declare -A PORT=([direct]=$UPSTREAM_PORT [nginx]=$NGINX_PORT [nginx-buffered]=$NGINX_BUF_PORT [trace-proxy]=$PROXY_PORT)
 TARGETS="direct nginx nginx-buffered trace-proxy"
+
+# The baseline: the same configuration on its own ports, database and journal.
+if [[ -n $BASELINE_BIN ]]; then
+    (BENCH_DB=${BENCH_DB}_baseline recreate_bench_db)
+    sed -e "s|$HOST:$PROXY_PORT|$HOST:$BASELINE_PORT|" -e "s|$HOST:$ADMIN_PORT|$HOST:$((BENCH_PORT_BASE + 6))|" \
+        -e "s|/$BENCH_DB\"|/${BENCH_DB}_baseline\"|" -e "s|$TMP/spool|$TMP/baseline-spool|" \
+        "$TMP/proxy.toml" >"$TMP/baseline.toml"
+    grep -q "${BENCH_DB}_baseline" "$TMP/baseline.toml" || die "could not write the baseline's configuration"
+    "$BASELINE_BIN" --config "$TMP/baseline.toml" >"$TMP/baseline.log" 2>&1 &
+    BASELINE_PID=$!
+    wait_for_port "$BASELINE_PORT" "$BASELINE_PID" 30 baseline "$TMP/baseline.log"
+    PORT[baseline]=$BASELINE_PORT
+    TARGETS="$TARGETS baseline"
+fi
 BYTES=$((BIG_MB * 1000000))
 
 echo "# 1. one ${BIG_MB} MB response (best of 3)"
@@ -124,7 +148,7 @@ done
 echo
 echo "# 3. $STREAMS event streams at once, $STREAM_EVENTS events 1 s apart: delay (ms)"
 printf '  %-15s %8s %8s %8s %7s\n' target p50 p99 max events
-for target in direct nginx; do
+for target in direct nginx ${BASELINE_BIN:+baseline}; do
     read -r p50 p99 max n < <("$STREAM" sse "http://$HOST:${PORT[$target]}/sse/$STREAM_EVENTS/1000" "$STREAMS" 0)
     printf '  %-15s %8s %8s %8s %7s\n' "$target" "$p50" "$p99" "$max" "$n"
 done

@@ -261,13 +261,15 @@ recreate_bench_db() {
         -c "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)" -c "CREATE DATABASE $BENCH_DB" >/dev/null
 }
 
-# Writes $TMP/proxy.toml — listening on $HOST:$PROXY_PORT, admin on $HOST:$ADMIN_PORT, rows into
-# BENCH_DB, its journal in $TMP/spool, one route to upstream URL $1 — with $2 added to `[server]`,
-# then starts the release trace-proxy under $TARGET_DIR on it (PID in PROXY_PID) and waits until
-# it listens.
+# Writes $TMP/<name>.toml — listening on $HOST:$PROXY_PORT, admin on $HOST:$ADMIN_PORT, rows into
+# BENCH_DB, its journal in $TMP/<name>-spool, one route to upstream URL $1 — with $2 added to
+# `[server]`, then starts binary $4 (default: the release trace-proxy under $TARGET_DIR) on it and
+# waits until it listens. $3: the name (default "proxy", whose PID also goes to PROXY_PID); the PID
+# is left in STARTED_PID. A second proxy (another build) is started with PROXY_PORT, ADMIN_PORT and
+# BENCH_DB assigned for the call.
 start_bench_proxy() {
-    local upstream=$1 server_extra=$2
-    cat >"$TMP/proxy.toml" <<TOML
+    local upstream=$1 server_extra=$2 name=${3:-proxy} bin=${4:-$TARGET_DIR/release/trace-proxy}
+    cat >"$TMP/$name.toml" <<TOML
 [server]
 listen = "$HOST:$PROXY_PORT"
 $server_extra
@@ -276,7 +278,7 @@ url = "$(bench_database_url)"
 [log]
 level = "warn"
 [spool]
-dir = "$TMP/spool"
+dir = "$TMP/$name-spool"
 [admin]
 listen = "$HOST:$ADMIN_PORT"
 [[routes]]
@@ -285,7 +287,8 @@ upstream = "$upstream"
 source_service = "bilko-app"
 destination_service = "n8n"
 TOML
-    "$TARGET_DIR/release/trace-proxy" --config "$TMP/proxy.toml" >"$TMP/proxy.log" 2>&1 &
-    PROXY_PID=$!
-    wait_for_port "$PROXY_PORT" "$PROXY_PID" 30 trace-proxy "$TMP/proxy.log"
+    "$bin" --config "$TMP/$name.toml" >"$TMP/$name.log" 2>&1 &
+    STARTED_PID=$!
+    if [[ $name == proxy ]]; then PROXY_PID=$STARTED_PID; fi
+    wait_for_port "$PROXY_PORT" "$STARTED_PID" 30 "$name" "$TMP/$name.log"
 }

@@ -308,16 +308,12 @@ start_replicas() {
     done
 }
 
-# The replicas' wrk script: the POST of write_wrk_script, thread i sending to replica i, and
-# every thread sending the same sequence of trace ids (a prefix made once per wrk run, then a
-# counter), so each trace gets one attempt through each replica, close together.
+# The replicas' wrk script: the POST of write_wrk_script ($TMP/post.lua, written first), thread i
+# sending to replica i, and every thread sending the same sequence of trace ids (a prefix made once
+# per wrk run, then a counter), so each trace gets one attempt through each replica, close together.
 write_replicas_script() {
-    cat >"$TMP/replicas.lua" <<EOF
-wrk.method = "POST"
-wrk.body = '{"workflow":"bench","n":1}'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["X-Workflow-Id"] = "bench"
-wrk.headers["X-User-Id"] = "bench-user"
+    cp "$TMP/post.lua" "$TMP/replicas.lua"
+    cat >>"$TMP/replicas.lua" <<EOF
 local ports = { "${REPLICA_PORTS[0]}", "${REPLICA_PORTS[1]}", "${REPLICA_PORTS[2]}" }
 local threads = 0
 -- Made in the main state and handed to every thread (each thread runs this file too).

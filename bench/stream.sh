@@ -109,13 +109,9 @@ TARGETS="direct nginx nginx-buffered trace-proxy"
 # The baseline: the same configuration on its own ports, database and journal.
 if [[ -n $BASELINE_BIN ]]; then
     (BENCH_DB=${BENCH_DB}_baseline recreate_bench_db)
-    sed -e "s|$HOST:$PROXY_PORT|$HOST:$BASELINE_PORT|" -e "s|$HOST:$ADMIN_PORT|$HOST:$((BENCH_PORT_BASE + 6))|" \
-        -e "s|/$BENCH_DB\"|/${BENCH_DB}_baseline\"|" -e "s|$TMP/spool|$TMP/baseline-spool|" \
-        "$TMP/proxy.toml" >"$TMP/baseline.toml"
-    grep -q "${BENCH_DB}_baseline" "$TMP/baseline.toml" || die "could not write the baseline's configuration"
-    "$BASELINE_BIN" --config "$TMP/baseline.toml" >"$TMP/baseline.log" 2>&1 &
-    BASELINE_PID=$!
-    wait_for_port "$BASELINE_PORT" "$BASELINE_PID" 30 baseline "$TMP/baseline.log"
+    PROXY_PORT=$BASELINE_PORT ADMIN_PORT=$((BENCH_PORT_BASE + 6)) BENCH_DB=${BENCH_DB}_baseline \
+        start_bench_proxy "http://$HOST:$UPSTREAM_PORT" "max_connections = 100000" baseline "$BASELINE_BIN"
+    BASELINE_PID=$STARTED_PID
     PORT[baseline]=$BASELINE_PORT
     TARGETS="$TARGETS baseline"
 fi

@@ -82,10 +82,9 @@ pin_project! {
         inner: B,
         captured: Captured,
         sink: Option<E>,
-        idle_timeout: Option<Duration>,
-        // Armed for the first frame's deadline and moved on only when it fires: a frame just
-        // notes its time, so a stream of small frames does no timer work per frame.
-        idle: Option<Pin<Box<Sleep>>>,
+        // The idle timeout and its timer, armed at the start and moved on only when it fires: a
+        // frame just notes its time, so a stream of small frames does no timer work per frame.
+        idle: Option<(Duration, Pin<Box<Sleep>>)>,
         last_frame: Instant,
     }
 
@@ -107,8 +106,7 @@ impl<B: Body, E: OnEnd> TeeBody<B, E> {
             inner,
             captured: Captured::new(cap),
             sink: Some(sink),
-            idle_timeout,
-            idle: idle_timeout.map(|d| Box::pin(tokio::time::sleep(d))),
+            idle: idle_timeout.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
             last_frame: Instant::now(),
         }
     }
@@ -175,8 +173,8 @@ where
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                if let (Some(d), Some(idle)) = (this.idle_timeout, this.idle.as_mut()) {
-                    if idle_expired(idle, *this.last_frame, *d, cx) {
+                if let Some((timeout, idle)) = this.idle.as_mut() {
+                    if idle_expired(idle, *this.last_frame, *timeout, cx) {
                         finish(this.sink, this.captured, BodyEnd::IdleTimeout);
                         return Poll::Ready(Some(Err("upstream body idle timeout".into())));
                     }
